@@ -89,12 +89,12 @@ class EventBus:
         sub = _Subscriber()
         self._subscribers.add(sub)
         try:
-            while not sub.closed:
+            while True:
                 while sub.items:
                     yield sub.items.popleft()
-                sub.wakeup.clear()
                 if sub.closed:
                     break
+                sub.wakeup.clear()
                 await sub.wakeup.wait()
         finally:
             self._subscribers.discard(sub)

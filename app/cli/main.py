@@ -1,0 +1,86 @@
+"""The ``kitebox`` command line: Docker's verbs and flags over the in-process engine.
+
+Every command is an ``async def handler(engine, args) -> int`` registered by a module of this package. Errors
+from the engine are ``KiteboxError``s: printed as one line on stderr, exit code from the error (1 user-facing,
+125 engine failure, 126/127 for ``run``'s command errors). Usage errors exit 125, like Docker's CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine import VERSION, Engine, KiteboxError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "kitebox"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with Docker's exit code for usage errors and a one-line message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(125, f"{self.prog}: {message}\nSee '{self.prog} --help'.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.cli import images, system
+
+    parser = _Parser(prog=PROG, description="Kitebox: containers without a daemon.")
+    parser.add_argument("--root", type=Path, help="State root (default: $KITEBOX_ROOT, /var/lib/kitebox as root, "
+                        "else $XDG_DATA_HOME/kitebox)")
+    parser.add_argument("--config", type=Path, help="Configuration file (default: /etc/kitebox/config.json as root, "
+                        "else $XDG_CONFIG_HOME/kitebox/config.json)")
+    parser.add_argument("-v", "--version", action="store_true", help="Print version information and quit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    image = commands.add_parser("image", help="Manage images")
+    image_group = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser,
+                                       required=True)
+    images.register(commands, image_group)
+    system.register(commands, image_group)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from engine import load_config
+
+    config = load_config(args.config) if args.config else load_config()
+    engine = await Engine.open(args.root, config=config)
+    try:
+        result: int = await args.handler(engine, args)
+        return result
+    finally:
+        await engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        # Until the desktop app lands, no arguments means help.
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"Kitebox version {VERSION}")
+        return 0
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return asyncio.run(_run(args))
+    except KiteboxError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``kitebox images | head``): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
