@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine.config import Config, default_root, load_config
+from engine.container_manager import ContainerManager, CreateOptions
+from engine.containers import ContainerRecord
 from engine.content import ContentStore
 from engine.digest import is_digest
 from engine.events import Event, EventBus, PullProgress
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     import httpx
 
     from engine.registry import CredentialStore, RegistryClient
+    from engine.runtime.supervisor import Supervisor
+    from engine.snapshots import Snapshotter
 
 __all__ = ["VERSION", "Engine", "RemovedImage"]
 
@@ -53,7 +57,20 @@ class Engine:
         self._images = ImageStore(root / "images.db")
         self._client: RegistryClient | None = None
         self._credentials: CredentialStore | None = None
+        self._snapshotter: Snapshotter | None = None
+        self._supervisor: Supervisor | None = None
+        self._supervisor_lock = asyncio.Lock()
         self._image_lock = asyncio.Lock()
+        self.containers = ContainerManager(
+            root,
+            images=self._images,
+            content=self._content,
+            bus=self._bus,
+            snapshotter=self.snapshotter,
+            unpack=self.unpack,
+            supervisor=self._open_supervisor,
+        )
+        """Container verbs (``create``, ``start``, ``stop``, ``list``, ``logs``...): see ``ContainerManager``."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -78,6 +95,10 @@ class Engine:
         return engine
 
     async def close(self) -> None:
+        """Release the engine's resources. Running containers keep running under their monitors."""
+        if self._supervisor is not None:
+            await self._supervisor.close()
+            self._supervisor = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -93,6 +114,47 @@ class Engine:
     def events(self) -> AsyncIterator[Event | PullProgress]:
         """Every event from now on (lifecycle events and pull progress), until the engine closes."""
         return self._bus.subscribe()
+
+    async def _open_supervisor(self) -> Supervisor:
+        async with self._supervisor_lock:
+            if self._supervisor is None:
+                from engine.runtime.supervisor import Supervisor
+
+                self._supervisor = await Supervisor.open(self.root)
+            return self._supervisor
+
+    async def create_container(
+        self,
+        image: str,
+        options: CreateOptions,
+        *,
+        pull_missing: bool = True,
+        on_progress: Callable[[PullProgress], None] | None = None,
+    ) -> ContainerRecord:
+        """``create``: a container from ``image`` (pulled first when missing and ``pull_missing``)."""
+        try:
+            record = await self.image(image)
+        except errors.NotFound:
+            if not pull_missing:
+                raise
+            record = await self.pull(image, on_progress=on_progress)
+        return await self.containers.create(record, image, options)
+
+    async def recover(self) -> list[str]:
+        """Reconcile containers after the engine (or the host) went away; restart ``always`` ones.
+
+        Returns the names of containers that were started again.
+        """
+        restarted: list[str] = []
+        for record in await asyncio.to_thread(self.containers.store.all):
+            if not record.state.running:
+                continue
+            refreshed = await self.containers.get(record.id)
+            policy = refreshed.host_config.get("RestartPolicy", {}).get("Name")
+            if not refreshed.state.running and policy in ("always", "unless-stopped"):
+                await self.containers.start(record.id)
+                restarted.append(record.name)
+        return restarted
 
     # -- registry access ---------------------------------------------------------------------------------------
 
@@ -130,6 +192,14 @@ class Engine:
         """Forget the stored credentials for ``registry``; False when there were none."""
         return await asyncio.to_thread(self._credential_store().remove, _registry_domain(registry))
 
+    def snapshotter(self) -> Snapshotter:
+        """The snapshotter (opened on first use: probing overlay mounts a tiny test overlay)."""
+        if self._snapshotter is None:
+            from engine.snapshots import open_snapshotter
+
+            self._snapshotter = open_snapshotter(self.root / "snapshots", self.config.snapshotter)
+        return self._snapshotter
+
     # -- images ------------------------------------------------------------------------------------------------
 
     async def pull(
@@ -137,8 +207,11 @@ class Engine:
     ) -> ImageRecord:
         """Pull ``reference`` (Docker's grammar) and return the stored image."""
         from engine.pull import Puller
+        from engine.unpacker import Unpacker
 
         ref = parse_reference(reference)
+        snapshotter = await asyncio.to_thread(self.snapshotter)
+        unpacker = Unpacker(snapshotter, self._content, self.config.limits)
 
         def progress(item: PullProgress) -> None:
             self._bus.publish(item)
@@ -151,7 +224,7 @@ class Engine:
             limits=self.config.limits,
             parallel=self.config.registries.parallel_downloads,
         )
-        result = await puller.pull(ref, progress=progress)
+        result = await puller.pull(ref, progress=progress, unpacker=unpacker)
         layers = tuple(
             LayerRecord(d.digest, d.media_type, d.size, diff_id)
             for d, diff_id in zip(result.manifest.layers, result.config.diff_ids, strict=True)
@@ -167,7 +240,7 @@ class Engine:
             architecture=result.config.architecture,
             os=result.config.os,
             variant=result.config.variant,
-            size=sum(layer.size for layer in layers) + result.manifest.config.size,
+            size=await asyncio.to_thread(self._unpacked_size, layers),
             repo_tags=(),
             repo_digests=(),
             added=0.0,
@@ -178,6 +251,52 @@ class Engine:
         stored = await asyncio.to_thread(self._images.get, record.id)
         self._bus.publish(Event("image", "pull", stored.id, {"name": str(ref)}))
         return stored
+
+    def _unpacked_size(self, layers: tuple[LayerRecord, ...]) -> int:
+        """The image's size on disk: the sum of its layers' snapshots (Docker's SIZE column)."""
+        from engine.unpacker import chain_ids
+
+        snapshotter = self.snapshotter()
+        return sum(snapshotter.usage(cid) for cid in chain_ids([layer.diff_id for layer in layers]))
+
+    async def unpack(self, text: str) -> str:
+        """Make sure every layer of a local image is unpacked (e.g. after ``load``); returns the top ChainID."""
+        from engine.unpacker import Unpacker
+
+        record = await self.image(text)
+        snapshotter = await asyncio.to_thread(self.snapshotter)
+        result = await Unpacker(snapshotter, self._content, self.config.limits).unpack(record.layers)
+        return result.top
+
+    async def mount_image(self, text: str, target: Path) -> None:
+        """``image mount``: a read-only view of the image's root filesystem at ``target``."""
+        from engine.snapshots.mount import mount_all
+
+        top = await self.unpack(text)
+        target = target.absolute()
+        if not target.is_dir():
+            raise errors.InvalidArgument(f"mount point {target} is not a directory")
+        key = _view_key(target)
+        snapshotter = self.snapshotter()
+        mounts = await asyncio.to_thread(snapshotter.view, key, top)
+        try:
+            await asyncio.to_thread(mount_all, mounts, target)
+        except BaseException:
+            await asyncio.to_thread(snapshotter.remove, key)
+            raise
+
+    async def unmount_image(self, target: Path) -> None:
+        """``image unmount``: undo ``mount_image``."""
+        from engine.snapshots.mount import is_mountpoint, unmount
+
+        target = target.absolute()
+        key = _view_key(target)
+        snapshotter = await asyncio.to_thread(self.snapshotter)
+        if not snapshotter.exists(key):
+            raise errors.NotFound(f"{target}: no image is mounted there by Kitebox")
+        if await asyncio.to_thread(is_mountpoint, target):
+            await asyncio.to_thread(unmount, target)
+        await asyncio.to_thread(snapshotter.remove, key)
 
     def _record_pull(self, record: ImageRecord, ref: Reference, repo_digest: str) -> None:
         self._images.put(record)
@@ -215,6 +334,19 @@ class Engine:
 
     def _remove_one(self, text: str, force: bool) -> list[RemovedImage]:
         record = self._images.lookup(text)
+        users = [r for r in self.containers.store.all() if r.image_id == record.id]
+        if users and not force:
+            raise errors.Conflict(
+                f"conflict: unable to remove image {text} (must be forced) - container "
+                f"{users[0].id[:12]} is using its referenced image {record.id[7:19]}"
+            )
+        if users:
+            # Forced: untag, but keep the image (and its snapshots) for the containers that use it.
+            report = []
+            for tag in record.repo_tags:
+                self._images.untag(parse_reference(tag))
+                report.append(RemovedImage("Untagged", _familiar_text(tag)))
+            return report
         names_by_ref = _is_reference_text(text, record)
         report: list[RemovedImage] = []
         if names_by_ref:
@@ -260,11 +392,62 @@ class Engine:
         return report, freed
 
     async def _collect_garbage(self) -> int:
+        """Remove blobs and snapshots no image (and no container) needs; returns the bytes freed."""
         from engine.gc import collect_blobs
 
         roots = await asyncio.to_thread(self._images.blob_roots)
         result = await asyncio.to_thread(collect_blobs, self._content, roots)
-        return result.freed
+        freed = result.freed + await asyncio.to_thread(self._collect_snapshots)
+        return freed
+
+    def _snapshot_roots(self) -> set[str]:
+        from engine.unpacker import chain_ids
+
+        roots: set[str] = set()
+        for record in self._images.list():
+            roots.update(chain_ids([layer.diff_id for layer in record.layers]))
+        return roots
+
+    def _collect_snapshots(self) -> int:
+        """Remove committed snapshots outside every image's chain, children first; in-use ones stay."""
+        snapshotter = self.snapshotter()
+        roots = self._snapshot_roots()
+        freed = 0
+        while True:
+            infos = snapshotter.walk()
+            parents = {info.parent for info in infos if info.parent}
+            victims = [i for i in infos if i.kind == "committed" and i.key not in roots and i.key not in parents]
+            if not victims:
+                return freed
+            for info in victims:
+                size = snapshotter.usage(info.key)
+                snapshotter.remove(info.key)
+                freed += size
+
+    async def disk_usage(self) -> dict[str, Any]:
+        """``system df``: images, snapshots, blobs and what pruning would reclaim."""
+        return await asyncio.to_thread(self._disk_usage)
+
+    def _disk_usage(self) -> dict[str, Any]:
+        snapshotter = self.snapshotter()
+        images = self._images.list()
+        roots = self._snapshot_roots()
+        infos = snapshotter.walk()
+        committed = [i for i in infos if i.kind == "committed"]
+        snap_sizes = {i.key: snapshotter.usage(i.key) for i in committed}
+        blob_roots = self._images.blob_roots()
+        blobs = list(self._content.digests())
+        blob_sizes = {d: self._content.size(d) or 0 for d in blobs}
+        dangling = [r for r in images if not r.repo_tags]
+        return {
+            "Images": {"Total": len(images), "Active": 0, "Size": sum(r.size for r in images),
+                       "Reclaimable": sum(r.size for r in dangling)},
+            "Snapshots": {"Total": len(committed), "Size": sum(snap_sizes.values()),
+                          "Reclaimable": sum(v for k, v in snap_sizes.items() if k not in roots)},
+            "Blobs": {"Total": len(blobs), "Size": sum(blob_sizes.values()),
+                      "Reclaimable": sum(v for k, v in blob_sizes.items() if k not in blob_roots)},
+            "Snapshotter": snapshotter.name,
+        }
 
     async def load(self, source: Path) -> list[str]:
         """``load -i``: import a docker-save or OCI archive; returns the loaded names (or ids when untagged)."""
@@ -325,6 +508,10 @@ class Engine:
             "Root": str(self.root),
             "Pid": str(os.getpid()),
         }
+
+
+def _view_key(target: Path) -> str:
+    return f"view {target}"
 
 
 def _registry_domain(text: str) -> str:

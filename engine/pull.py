@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.config import Limits
 from engine.content import ContentStore
 from engine.errors import LimitExceeded, ManifestInvalid
 from engine.events import PullProgress
+from engine.images import LayerRecord
 from engine.manifest import (
     Descriptor,
     ImageConfig,
@@ -35,6 +36,7 @@ from engine.manifest import (
 )
 from engine.reference import Reference
 from engine.registry import RegistryClient
+from engine.unpacker import LayerSource, Unpacker, UnpackResult
 
 __all__ = ["PullResult", "Puller"]
 
@@ -50,6 +52,7 @@ class PullResult:
     manifest: Manifest
     config_digest: str
     config: ImageConfig
+    unpacked: UnpackResult | None
 
 
 class _Progress:
@@ -130,9 +133,13 @@ class Puller:
         ref: Reference,
         *,
         progress: ProgressSink | None = None,
-        on_layer: Callable[[int, Descriptor], Awaitable[None]] | None = None,
+        unpacker: Unpacker | None = None,
     ) -> PullResult:
-        """Download everything ``ref`` needs into the content store. ``on_layer`` is awaited per committed layer."""
+        """Download everything ``ref`` needs into the content store and, with ``unpacker``, unpack it.
+
+        Layers are applied bottom-up while later ones are still downloading; a layer downloaded from byte 0 is
+        decompressed and untarred as its bytes arrive (see ``engine.unpacker``).
+        """
         if progress is not None:
             progress(PullProgress(str(ref), None, "resolving", 0, 0))
         manifest, digest, media_type, index_digest, body = await self.resolve(ref)
@@ -149,53 +156,85 @@ class Puller:
                 f"{ref}: image config lists {len(config.diff_ids)} diff_ids for {len(manifest.layers)} layers"
             )
         tracker = _Progress(str(ref), list(manifest.layers), progress)
-        async with asyncio.TaskGroup() as group:
-            for position, layer in enumerate(manifest.layers):
-                group.create_task(self._fetch_layer(ref, position, layer, tracker, on_layer))
-        tracker.emit("done")
-        return PullResult(ref, digest, media_type, index_digest, manifest, config_desc.digest, config)
+        layer_records = [
+            LayerRecord(d.digest, d.media_type, d.size, diff_id)
+            for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
+        ]
+        sources: dict[int, LayerSource] = {}
+        if unpacker is not None:
+            missing = await asyncio.to_thread(unpacker.missing, config.diff_ids)
+            sources = {i: LayerSource(manifest.layers[i].digest) for i in missing}
+        unpacked: list[UnpackResult] = []
 
-    async def _fetch_layer(
+        async def unpack() -> None:
+            assert unpacker is not None
+            unpacked.append(
+                await unpacker.unpack(layer_records, sources=sources, progress=progress, reference=str(ref))
+            )
+
+        async with asyncio.TaskGroup() as group:
+            # Downloads are created (and so take download slots) bottom-up, the order the unpacker consumes
+            # them in: the lowest unfinished layer always has a slot, so bounded feeds cannot deadlock.
+            for position, layer in enumerate(manifest.layers):
+                group.create_task(self.fetch_blob(ref, layer, tracker, sources.get(position)))
+            if unpacker is not None:
+                group.create_task(unpack())
+        tracker.emit("done")
+        return PullResult(
+            ref, digest, media_type, index_digest, manifest, config_desc.digest, config,
+            unpacked[0] if unpacked else None,
+        )
+
+    async def fetch_blob(
         self,
         ref: Reference,
-        position: int,
-        layer: Descriptor,
-        tracker: _Progress,
-        on_layer: Callable[[int, Descriptor], Awaitable[None]] | None,
+        blob: Descriptor,
+        tracker: _Progress | None = None,
+        source: LayerSource | None = None,
     ) -> None:
-        await self.fetch_blob(ref, layer, tracker)
-        if on_layer is not None:
-            await on_layer(position, layer)
+        """Make ``blob`` present in the content store, downloading it at most once per process.
 
-    async def fetch_blob(self, ref: Reference, blob: Descriptor, tracker: _Progress | None = None) -> None:
-        """Make ``blob`` present in the content store, downloading it at most once per process."""
-        if self._content.has(blob.digest):
-            if tracker is not None:
-                tracker.layer(blob.digest, "exists", blob.size, blob.size, force=True)
-            return
-        pending = self._inflight.get(blob.digest)
-        if pending is not None:
-            if tracker is not None:
-                tracker.layer(blob.digest, "waiting", 0, blob.size, force=True)
-            await asyncio.shield(pending)
-            if tracker is not None:
-                tracker.layer(blob.digest, "exists", blob.size, blob.size, force=True)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[blob.digest] = future
+        ``source``, when given, is told how the unpacker gets the bytes (live or from the store) and when the
+        blob is committed or has failed.
+        """
         try:
-            await self._download(ref, blob, tracker)
+            if self._content.has(blob.digest):
+                if tracker is not None:
+                    tracker.layer(blob.digest, "exists", blob.size, blob.size, force=True)
+                if source is not None:
+                    source.from_store()
+                return
+            pending = self._inflight.get(blob.digest)
+            if pending is not None:
+                if tracker is not None:
+                    tracker.layer(blob.digest, "waiting", 0, blob.size, force=True)
+                await asyncio.shield(pending)
+                if tracker is not None:
+                    tracker.layer(blob.digest, "exists", blob.size, blob.size, force=True)
+                if source is not None:
+                    source.from_store()
+                return
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._inflight[blob.digest] = future
+            try:
+                await self._download(ref, blob, tracker, source)
+            except BaseException as exc:
+                future.set_exception(exc)
+                # The waiters (if any) re-raise it; mark it retrieved so an unwaited future stays quiet.
+                future.exception()
+                raise
+            else:
+                future.set_result(None)
+            finally:
+                del self._inflight[blob.digest]
         except BaseException as exc:
-            future.set_exception(exc)
-            # The waiters (if any) re-raise it; mark it retrieved so an unwaited future stays quiet.
-            future.exception()
+            if source is not None:
+                source.failed(exc)
             raise
-        else:
-            future.set_result(None)
-        finally:
-            del self._inflight[blob.digest]
 
-    async def _download(self, ref: Reference, blob: Descriptor, tracker: _Progress | None) -> None:
+    async def _download(
+        self, ref: Reference, blob: Descriptor, tracker: _Progress | None, source: LayerSource | None
+    ) -> None:
         async with self._parallel:
             writer = await self._content.writer(blob.digest, blob.size)
             try:
@@ -203,14 +242,22 @@ class Puller:
                     writer.close()
                     if tracker is not None:
                         tracker.layer(blob.digest, "exists", blob.size, blob.size, force=True)
+                    if source is not None:
+                        source.from_store()
                     return
                 done = writer.offset
+                live = source is not None and done == 0
+                if source is not None and live:
+                    source.stream()
                 if tracker is not None:
                     tracker.layer(blob.digest, "downloading", done, blob.size, force=True)
 
                 async def sink(chunk: bytes) -> None:
                     nonlocal done
                     await writer.awrite(chunk)
+                    if live:
+                        assert source is not None
+                        await source.feed.feed(chunk)
                     done += len(chunk)
                     if tracker is not None:
                         tracker.layer(blob.digest, "downloading", done, blob.size)
@@ -223,5 +270,10 @@ class Puller:
                 # Keep the partial ingest for resume unless the data itself was bad (commit removes it then).
                 writer.close()
                 raise
+            if source is not None:
+                if live:
+                    source.blob_committed()
+                else:
+                    source.from_store()
             if tracker is not None:
                 tracker.layer(blob.digest, "downloaded", blob.size, blob.size, force=True)

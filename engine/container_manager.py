@@ -1,0 +1,592 @@
+"""Container verbs: create, start, stop, kill, restart, pause, unpause, rm, rename, wait, ps, inspect, logs, prune.
+
+Every verb follows youki's shape: *refresh* the record from the monitor's files, *check* ``can_<verb>`` on its
+state, *act* (through the supervisor), *save* the new state, *publish* an event. The supervisor's monitors hold
+the truth about running processes; records are how the engine remembers everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal as _signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import errors
+from engine.containers import ContainerRecord, ContainerStore, Status, generate_name, validate_name
+from engine.events import Event, EventBus
+from engine.volumes import VolumeStore, seed_from_layers
+
+if TYPE_CHECKING:
+    from engine.content import ContentStore
+    from engine.images import ImageRecord, ImageStore
+    from engine.logs import LogRecord
+    from engine.runtime.supervisor import LiveState, Supervisor
+    from engine.snapshots import Snapshotter
+
+__all__ = ["ContainerManager", "CreateOptions", "parse_restart_policy", "parse_signal"]
+
+NEVER = "0001-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOptions:
+    """What ``create``/``run`` accept (Docker's flags, already parsed into values)."""
+
+    name: str | None = None
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()  # -v specs: /host:/ctr[:ro], name:/ctr[:ro], /ctr
+    tmpfs: tuple[str, ...] = ()  # --tmpfs /path[:options]
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    read_only: bool = False
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    restart: str = "no"
+    auto_remove: bool = False
+    log_opts: Mapping[str, str] = field(default_factory=dict)
+    network: str = "none"
+    tty: bool = False
+    stdin_open: bool = False
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+
+
+def parse_restart_policy(text: str) -> tuple[str, int]:
+    """``no``, ``always``, ``unless-stopped``, ``on-failure[:N]`` -> (name, max retries)."""
+    name, _, count = text.partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure"):
+        raise errors.InvalidArgument(f"invalid restart policy {text!r}: expected no, always, unless-stopped or "
+                                     "on-failure[:max-retries]")
+    if count and name != "on-failure":
+        raise errors.InvalidArgument(f"invalid restart policy {text!r}: maximum retry count only for on-failure")
+    if count:
+        if not count.isdigit():
+            raise errors.InvalidArgument(f"invalid restart policy {text!r}: maximum retry count must be a number")
+        return name, int(count)
+    return name, 0
+
+
+def parse_signal(text: str | int | None, default: int = _signal.SIGTERM) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` -> 15."""
+    if text is None or text == "":
+        return int(default)
+    if isinstance(text, int) or text.isdigit():
+        number = int(text)
+        if not 0 < number < 65:
+            raise errors.InvalidArgument(f"invalid signal: {text}")
+        return number
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(_signal.Signals[name])
+    except KeyError:
+        raise errors.InvalidArgument(f"invalid signal: {text}") from None
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        images: ImageStore,
+        content: ContentStore,
+        bus: EventBus,
+        snapshotter: Callable[[], Snapshotter],
+        unpack: Callable[[str], Any],
+        supervisor: Callable[[], Any],
+    ) -> None:
+        self.store = ContainerStore(root / "containers")
+        self.volumes = VolumeStore(root / "volumes")
+        self._images = images
+        self._content = content
+        self._bus = bus
+        self._snapshotter = snapshotter
+        self._unpack = unpack
+        self._supervisor_factory = supervisor
+        self._lock = asyncio.Lock()
+
+    async def _supervisor(self) -> Supervisor:
+        result: Supervisor = await self._supervisor_factory()
+        return result
+
+    def _publish(self, record: ContainerRecord, action: str, **attributes: str) -> None:
+        self._bus.publish(Event("container", action, record.id,
+                                {"name": record.name, "image": record.image, **attributes}))
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def get(self, text: str) -> ContainerRecord:
+        record = await asyncio.to_thread(self.store.find, text)
+        return await self._refresh(record)
+
+    async def list(self, *, all_containers: bool = False) -> list[ContainerRecord]:
+        records = await asyncio.to_thread(self.store.all)
+        refreshed = [await self._refresh(r) for r in records]
+        refreshed = [r for r in refreshed if all_containers or r.state.running]
+        refreshed.sort(key=lambda r: r.created, reverse=True)
+        return refreshed
+
+    async def _refresh(self, record: ContainerRecord) -> ContainerRecord:
+        """Bring the record's state up to date with the monitor's files; handle ``--rm`` of exited ones."""
+        if record.state.status in (Status.CREATED, Status.REMOVING):
+            return record
+        if record.state.status in (Status.EXITED, Status.DEAD) and not (self.store.dir(record.id) /
+                                                                       "monitor.json").exists():
+            return record
+        supervisor = await self._supervisor()
+        live = await supervisor.state(self.store.dir(record.id))
+        updated = _apply_live(record, live)
+        if updated != record:
+            await asyncio.to_thread(self.store.save, updated)
+            if record.state.running and not updated.state.running:
+                self._publish(updated, "die", exitCode=str(updated.state.exit_code))
+        if updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD):
+            await self._destroy(updated, volumes=True)
+        return updated
+
+    # -- create ----------------------------------------------------------------------------------------------
+
+    async def create(self, image: ImageRecord, image_ref: str, options: CreateOptions) -> ContainerRecord:
+        from engine.manifest import parse_image_config
+        from engine.runtime.plan import Bind, RunOptions, plan_container
+
+        config = parse_image_config(await asyncio.to_thread(self._content.read, image.config_digest))
+        image_config = dict(config.config)
+        restart_name, max_retries = parse_restart_policy(options.restart)
+        if options.auto_remove and restart_name != "no":
+            raise errors.InvalidArgument("conflicting options: --restart and --rm")
+        if options.network not in ("none", "host", "default", "bridge"):
+            raise errors.InvalidArgument(f"network {options.network} not found")
+        network = "none" if options.network in ("default", "bridge") else options.network
+        top = await self._unpack(image.id)
+        async with self._lock:
+            with self.store.locked():
+                container_id = self.store.new_id()
+                taken = {r.name for r in self.store.all()}
+                name = validate_name(options.name) if options.name else generate_name(taken)
+                self.store.check_name_free(name)
+                bundle = self.store.dir(container_id)
+                bundle.mkdir(mode=0o710)
+                (bundle / "container.json").write_text("{}")  # claims the name for other processes
+        snapshotter = self._snapshotter()
+        key = f"container-{container_id}"
+        try:
+            root_mounts = await asyncio.to_thread(snapshotter.prepare, key, top)
+            layer_dirs = await asyncio.to_thread(_layers_bottom_up, snapshotter, key)
+            user_db = await asyncio.to_thread(_write_user_db, layer_dirs, bundle / "userdb")
+            binds, mounts_doc, anonymous = await asyncio.to_thread(
+                self._resolve_volumes, options, image_config, layer_dirs
+            )
+            tmpfs = tuple(_parse_tmpfs(spec) for spec in options.tmpfs)
+            (bundle / "rootfs").mkdir(exist_ok=True)
+            run_options = RunOptions(
+                cmd=options.cmd, entrypoint=options.entrypoint, env=options.env, workdir=options.workdir,
+                user=options.user, hostname=options.hostname, labels=dict(options.labels),
+                binds=tuple(Bind(s, d, ro) for s, d, ro in binds), tmpfs=tmpfs, memory=options.memory,
+                cpus=options.cpus, pids_limit=options.pids_limit, read_only=options.read_only,
+                privileged=options.privileged, cap_add=options.cap_add, cap_drop=options.cap_drop,
+                tty=options.tty, stdin_open=options.stdin_open, network="none",
+                stop_signal=options.stop_signal,
+            )
+            spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
+                                  rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle)
+            if network == "host":
+                import dataclasses
+
+                spec = dataclasses.replace(spec, namespaces=tuple(n for n in spec.namespaces if n != "net"))
+            (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
+            stop_signal = options.stop_signal or image_config.get("StopSignal") or "SIGTERM"
+            parse_signal(stop_signal)
+            created = _now()
+            record = ContainerRecord(
+                id=container_id, name=name, created=created, image=image_ref, image_id=image.id,
+                config={
+                    "Hostname": spec.hostname, "User": options.user or image_config.get("User", ""),
+                    "Tty": options.tty, "OpenStdin": options.stdin_open, "AttachStdin": options.stdin_open,
+                    "Env": list(spec.process.env), "Cmd": list(options.cmd) if options.cmd is not None
+                    else image_config.get("Cmd"),
+                    "Image": image_ref, "Volumes": image_config.get("Volumes") or None,
+                    "WorkingDir": options.workdir or image_config.get("WorkingDir", ""),
+                    "Entrypoint": list(options.entrypoint) if options.entrypoint is not None
+                    else image_config.get("Entrypoint"),
+                    "Labels": {**(image_config.get("Labels") or {}), **options.labels},
+                    "ExposedPorts": image_config.get("ExposedPorts") or None,
+                    "StopSignal": stop_signal, "StopTimeout": options.stop_timeout,
+                },
+                host_config={
+                    "Binds": [v for v in options.volumes if ":" in v] or None,
+                    "NetworkMode": network, "RestartPolicy": {"Name": restart_name,
+                                                              "MaximumRetryCount": max_retries},
+                    "AutoRemove": options.auto_remove, "Memory": options.memory or 0,
+                    "NanoCpus": int((options.cpus or 0) * 1e9), "PidsLimit": options.pids_limit,
+                    "ReadonlyRootfs": options.read_only, "Privileged": options.privileged,
+                    "CapAdd": list(options.cap_add) or None, "CapDrop": list(options.cap_drop) or None,
+                    "Tmpfs": {d: o for d, o in tmpfs} or None,
+                    "LogConfig": {"Type": "json-file", "Config": dict(options.log_opts)},
+                    "AnonymousVolumes": anonymous,
+                },
+                path=spec.process.args[0], args=list(spec.process.args[1:]), snapshot_key=key,
+                mounts=mounts_doc,
+            )
+            from engine.logs import parse_log_opts
+
+            parse_log_opts(options.log_opts)
+            await asyncio.to_thread(self.store.save, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(snapshotter.remove, key)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.delete, container_id)
+            raise
+        self._publish(record, "create")
+        return record
+
+    def _resolve_volumes(
+        self, options: CreateOptions, image_config: Mapping[str, Any], layer_dirs: list[Path]
+    ) -> tuple[list[tuple[str, str, bool]], list[dict[str, Any]], list[str]]:
+        """-v specs and the image's VOLUMEs -> (binds, Docker's Mounts document, anonymous volume names)."""
+        binds: list[tuple[str, str, bool]] = []
+        mounts: list[dict[str, Any]] = []
+        anonymous: list[str] = []
+        destinations: set[str] = set()
+        for spec in options.volumes:
+            parts = spec.split(":")
+            if len(parts) == 1:
+                source, dest, mode = "", parts[0], "rw"
+            elif len(parts) == 2:
+                source, dest, mode = parts[0], parts[1], "rw"
+            elif len(parts) == 3:
+                source, dest, mode = parts
+            else:
+                raise errors.InvalidArgument(f"invalid volume specification: '{spec}'")
+            if mode not in ("rw", "ro") or not dest.startswith("/"):
+                raise errors.InvalidArgument(f"invalid volume specification: '{spec}'")
+            if dest in destinations:
+                raise errors.InvalidArgument(f"Duplicate mount point: {dest}")
+            destinations.add(dest)
+            readonly = mode == "ro"
+            if source.startswith("/"):
+                if not os.path.exists(source):
+                    raise errors.InvalidArgument(
+                        f"invalid mount config for type \"bind\": bind source path does not exist: {source}")
+                binds.append((os.path.realpath(source), dest, readonly))
+                mounts.append({"Type": "bind", "Source": source, "Destination": dest, "Mode": mode,
+                               "RW": not readonly, "Propagation": "rprivate"})
+                continue
+            volume = self.volumes.create(source or None)
+            if not source:
+                anonymous.append(volume.name)
+            seed_from_layers(layer_dirs, dest, volume.mountpoint)
+            binds.append((str(volume.mountpoint), dest, readonly))
+            mounts.append({"Type": "volume", "Name": volume.name, "Source": str(volume.mountpoint),
+                           "Destination": dest, "Driver": "local", "Mode": mode, "RW": not readonly,
+                           "Propagation": ""})
+        for dest in sorted((image_config.get("Volumes") or {}).keys()):
+            if dest in destinations:
+                continue
+            volume = self.volumes.create(None)
+            anonymous.append(volume.name)
+            seed_from_layers(layer_dirs, dest, volume.mountpoint)
+            binds.append((str(volume.mountpoint), dest, False))
+            mounts.append({"Type": "volume", "Name": volume.name, "Source": str(volume.mountpoint),
+                           "Destination": dest, "Driver": "local", "Mode": "", "RW": True, "Propagation": ""})
+        return binds, mounts, anonymous
+
+    # -- start / stop ------------------------------------------------------------------------------------------
+
+    async def start(self, text: str) -> ContainerRecord:
+        from engine.runtime.spec import RuntimeSpec
+
+        record = await self.get(text)
+        if record.state.status == Status.PAUSED:
+            raise errors.Conflict(f"cannot start a paused container {record.name}, try unpause instead")
+        if record.state.running:
+            return record  # Docker: starting a running container is a no-op
+        if not record.state.can_start():
+            raise errors.Conflict(f"container {record.name} cannot be started from state {record.state.status}")
+        bundle = self.store.dir(record.id)
+        spec = RuntimeSpec.from_json(_json_load(bundle / "spec.json"))
+        policy = record.host_config["RestartPolicy"]
+        supervisor = await self._supervisor()
+        for stale in ("exit.json", "state.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (bundle / stale).unlink()
+        try:
+            live = await supervisor.start(
+                bundle, spec, restart_policy=policy["Name"], max_retries=int(policy["MaximumRetryCount"]),
+                log_opts=record.host_config["LogConfig"]["Config"], stop_signal=record.config["StopSignal"],
+                stdin_open=bool(record.config.get("OpenStdin")),
+            )
+        except errors.KiteboxError as err:
+            failed = record.with_state(status=Status.EXITED if record.state.status != Status.CREATED
+                                       else Status.CREATED, exit_code=err.exit_code, error=str(err))
+            if isinstance(err, errors.CommandNotFound | errors.CommandNotExecutable):
+                failed = failed.with_state(status=Status.EXITED, finished_at=_now())
+            await asyncio.to_thread(self.store.save, failed)
+            raise
+        updated = _apply_live(record.with_state(error="", exit_code=0, oom_killed=False), live)
+        await asyncio.to_thread(self.store.save, updated)
+        self._publish(updated, "start")
+        return updated
+
+    async def wait(self, text: str) -> int:
+        """Block until the container stops for good; returns its exit code."""
+        record = await self.get(text)
+        if record.state.running:
+            supervisor = await self._supervisor()
+            await supervisor.wait(self.store.dir(record.id))
+            record = await self._refresh(await asyncio.to_thread(self.store.load, record.id))
+        return record.state.exit_code
+
+    async def stop(self, text: str, *, timeout: float | None = None) -> ContainerRecord:
+        record = await self.get(text)
+        if not record.state.can_stop():
+            return record  # Docker: stopping a stopped container succeeds
+        if timeout is None:
+            timeout = float(record.config.get("StopTimeout") or 10)
+        supervisor = await self._supervisor()
+        await supervisor.stop(self.store.dir(record.id), timeout)
+        self._publish(record, "stop")
+        return await self._refresh(await asyncio.to_thread(self.store.load, record.id))
+
+    async def kill(self, text: str, sig: str | int | None = None) -> ContainerRecord:
+        record = await self.get(text)
+        number = parse_signal(sig, _signal.SIGKILL)
+        if not record.state.can_kill():
+            raise errors.Conflict(f"Cannot kill container: {record.name}: Container {record.id} is not running")
+        supervisor = await self._supervisor()
+        await supervisor.kill(self.store.dir(record.id), number)
+        self._publish(record, "kill", signal=str(number))
+        return record
+
+    async def restart(self, text: str, *, timeout: float | None = None) -> ContainerRecord:
+        await self.stop(text, timeout=timeout)
+        return await self.start(text)
+
+    async def pause(self, text: str) -> ContainerRecord:
+        record = await self.get(text)
+        if not record.state.can_pause():
+            raise errors.Conflict(f"Container {record.name} is not running" if not record.state.running
+                                  else f"Container {record.name} is already paused")
+        await (await self._supervisor()).pause(self.store.dir(record.id))
+        updated = record.with_state(status=Status.PAUSED)
+        await asyncio.to_thread(self.store.save, updated)
+        self._publish(updated, "pause")
+        return updated
+
+    async def unpause(self, text: str) -> ContainerRecord:
+        record = await self.get(text)
+        if not record.state.can_unpause():
+            raise errors.Conflict(f"Container {record.name} is not paused")
+        await (await self._supervisor()).unpause(self.store.dir(record.id))
+        updated = record.with_state(status=Status.RUNNING)
+        await asyncio.to_thread(self.store.save, updated)
+        self._publish(updated, "unpause")
+        return updated
+
+    # -- removal and renaming --------------------------------------------------------------------------------
+
+    async def remove(self, text: str, *, force: bool = False, volumes: bool = False) -> ContainerRecord:
+        record = await self.get(text)
+        if not record.state.can_remove(force=force):
+            raise errors.Conflict(
+                f"You cannot remove a {record.state.status} container {record.id}. "
+                "Stop the container before attempting removal or force remove"
+            )
+        if record.state.running:
+            supervisor = await self._supervisor()
+            await supervisor.stop(self.store.dir(record.id), 0)
+        await self._destroy(record, volumes=volumes)
+        return record
+
+    async def _destroy(self, record: ContainerRecord, *, volumes: bool) -> None:
+        removing = record.with_state(status=Status.REMOVING)
+        with contextlib.suppress(errors.NotFound):
+            await asyncio.to_thread(self.store.save, removing)
+        snapshotter = self._snapshotter()
+        with contextlib.suppress(errors.NotFound):
+            await asyncio.to_thread(snapshotter.remove, record.snapshot_key)
+        if volumes:
+            for name in record.host_config.get("AnonymousVolumes") or []:
+                with contextlib.suppress(errors.NotFound, errors.Conflict):
+                    users = await self.volume_users(name, exclude=record.id)
+                    await asyncio.to_thread(self.volumes.remove, name, in_use_by=users)
+        await asyncio.to_thread(self.store.delete, record.id)
+        self._publish(record, "destroy")
+
+    async def rename(self, text: str, new_name: str) -> ContainerRecord:
+        new_name = validate_name(new_name)
+        async with self._lock:
+            record = await self.get(text)
+            with self.store.locked():
+                self.store.check_name_free(new_name, ignore_id=record.id)
+                updated = ContainerRecord.from_json({**record.to_json(), "name": new_name})
+                self.store.save(updated)
+        self._publish(updated, "rename", oldName=record.name)
+        return updated
+
+    async def prune(self) -> list[str]:
+        removed = []
+        for record in await self.list(all_containers=True):
+            if record.state.status in (Status.EXITED, Status.DEAD, Status.CREATED):
+                await self._destroy(record, volumes=False)
+                removed.append(record.id)
+        return removed
+
+    async def volume_users(self, name: str, *, exclude: str | None = None) -> list[str]:
+        users = []
+        for record in await asyncio.to_thread(self.store.all):
+            if record.id != exclude and any(m.get("Name") == name for m in record.mounts):
+                users.append(record.id)
+        return users
+
+    async def image_users(self, image_id: str) -> list[ContainerRecord]:
+        return [r for r in await asyncio.to_thread(self.store.all) if r.image_id == image_id]
+
+    # -- logs --------------------------------------------------------------------------------------------------
+
+    def log_path(self, record: ContainerRecord) -> Path:
+        from engine.logs import log_file_path
+
+        return log_file_path(self.store.dir(record.id), record.id)
+
+    async def logs(
+        self, text: str, *, follow: bool = False, tail: int | None = None, since: float | None = None,
+        until: float | None = None,
+    ) -> AsyncIterator[LogRecord]:
+        from engine.logs import read_logs
+
+        record = await self.get(text)
+        directory = self.store.dir(record.id)
+
+        def running() -> bool:
+            state = directory / "exit.json"
+            return record.state.running and not state.exists()
+
+        async for item in read_logs(self.log_path(record), tail=tail, since=since, until=until,
+                                    follow=follow and record.state.running, is_running=running):
+            yield item
+
+    # -- inspect -----------------------------------------------------------------------------------------------
+
+    def inspect_document(self, record: ContainerRecord) -> dict[str, Any]:
+        state = record.state
+        return {
+            "Id": record.id,
+            "Created": record.created,
+            "Path": record.path,
+            "Args": record.args,
+            "State": {
+                "Status": state.status.value, "Running": state.status in (Status.RUNNING, Status.PAUSED,
+                                                                          Status.RESTARTING),
+                "Paused": state.status == Status.PAUSED, "Restarting": state.status == Status.RESTARTING,
+                "OOMKilled": state.oom_killed, "Dead": state.status == Status.DEAD,
+                "Pid": state.pid if state.running else 0, "ExitCode": state.exit_code, "Error": state.error,
+                "StartedAt": state.started_at, "FinishedAt": state.finished_at,
+            },
+            "Image": record.image_id,
+            "ResolvConfPath": str(self.store.dir(record.id) / "resolv.conf"),
+            "HostnamePath": str(self.store.dir(record.id) / "hostname"),
+            "HostsPath": str(self.store.dir(record.id) / "hosts"),
+            "LogPath": str(self.log_path(record)),
+            "Name": "/" + record.name,
+            "RestartCount": state.restart_count,
+            "Driver": "overlay",
+            "Platform": "linux",
+            "Mounts": record.mounts,
+            "Config": record.config,
+            "HostConfig": {k: v for k, v in record.host_config.items() if k != "AnonymousVolumes"},
+            "NetworkSettings": record.network or {"Networks": {}},
+        }
+
+
+def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:
+    status = {
+        "running": Status.RUNNING, "paused": Status.PAUSED, "restarting": Status.RESTARTING,
+        "exited": Status.EXITED, "dead": Status.DEAD,
+    }[live.status]
+    changes: dict[str, Any] = {"status": status, "restart_count": live.restart_count}
+    if live.pid is not None:
+        changes["pid"] = live.pid
+    if live.started_at:
+        changes["started_at"] = live.started_at
+    if live.exit is not None and status in (Status.EXITED, Status.DEAD, Status.RESTARTING):
+        changes.update(exit_code=live.exit.exit_code, finished_at=live.exit.finished_at,
+                       oom_killed=live.exit.oom_killed, error=live.exit.error or "")
+    if status in (Status.EXITED, Status.DEAD):
+        changes["pid"] = 0
+    return record.with_state(**changes)
+
+
+def _layers_bottom_up(snapshotter: Snapshotter, key: str) -> list[Path]:
+    """The directories holding the image's files for ``key``, lowest first (one full tree for copy)."""
+    if snapshotter.whiteout_mode == "delete":
+        return [snapshotter.upper_dir(key)]
+    return list(reversed(snapshotter.parent_dirs(key)))
+
+
+def _write_user_db(layer_dirs: list[Path], target: Path) -> Path:
+    """A tiny tree with the image's /etc/passwd and /etc/group, for ``--user`` resolution as data.
+
+    The image's /etc is merged from its layers (whiteouts and opaque directories honoured) into a scratch
+    directory; only the two files are kept. Nothing of the image is ever executed or looked up through NSS.
+    """
+    import shutil
+
+    etc = target / "etc"
+    seed = target / "seed"
+    shutil.rmtree(target, ignore_errors=True)
+    etc.mkdir(parents=True)
+    seed.mkdir()
+    try:
+        seed_from_layers(layer_dirs, "/etc", seed, only=frozenset({"passwd", "group"}))
+        for name in ("passwd", "group"):
+            found = seed / name
+            if found.is_file() and not found.is_symlink():
+                os.replace(found, etc / name)
+    finally:
+        shutil.rmtree(seed, ignore_errors=True)
+    return target
+
+
+def _parse_tmpfs(spec: str) -> tuple[str, str]:
+    dest, _, opts = spec.partition(":")
+    if not dest.startswith("/"):
+        raise errors.InvalidArgument(f"invalid tmpfs specification {spec!r}: the path must be absolute")
+    return dest, opts
+
+
+def _now() -> str:
+    now = time.time_ns()
+    seconds, nanos = divmod(now, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def _json_dump(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1)
+
+
+def _json_load(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise errors.StoreError(f"{path}: unreadable ({err})") from err
