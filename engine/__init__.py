@@ -5,6 +5,8 @@ Importing this package is cheap: rooms with heavy dependencies (httpx, pyroute2)
 """
 
 from engine.config import Config, Limits, RegistryConfig, default_root, load_config
+from engine.container_manager import CreateOptions
+from engine.containers import ContainerRecord, ContainerState, Status
 from engine.engine import VERSION, Engine, RemovedImage
 from engine.errors import (
     AuthError,
@@ -39,6 +41,9 @@ __all__ = [
     "CommandNotFound",
     "Config",
     "Conflict",
+    "ContainerRecord",
+    "ContainerState",
+    "CreateOptions",
     "DigestMismatch",
     "Engine",
     "EngineError",
@@ -62,6 +67,7 @@ __all__ = [
     "RegistryUnavailable",
     "RemovedImage",
     "RuntimeFailure",
+    "Status",
     "StoreError",
     "UserError",
     "default_root",

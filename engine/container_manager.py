@@ -8,6 +8,7 @@ the truth about running processes; records are how the engine remembers everythi
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import signal as _signal
@@ -134,7 +135,7 @@ class ContainerManager:
         record = await asyncio.to_thread(self.store.find, text)
         return await self._refresh(record)
 
-    async def list(self, *, all_containers: bool = False) -> list[ContainerRecord]:
+    async def list(self, *, all_containers: bool = False) -> builtins.list[ContainerRecord]:
         records = await asyncio.to_thread(self.store.all)
         refreshed = [await self._refresh(r) for r in records]
         refreshed = [r for r in refreshed if all_containers or r.state.running]
@@ -257,12 +258,12 @@ class ContainerManager:
         return record
 
     def _resolve_volumes(
-        self, options: CreateOptions, image_config: Mapping[str, Any], layer_dirs: list[Path]
-    ) -> tuple[list[tuple[str, str, bool]], list[dict[str, Any]], list[str]]:
+        self, options: CreateOptions, image_config: Mapping[str, Any], layer_dirs: builtins.list[Path]
+    ) -> tuple[builtins.list[tuple[str, str, bool]], builtins.list[dict[str, Any]], builtins.list[str]]:
         """-v specs and the image's VOLUMEs -> (binds, Docker's Mounts document, anonymous volume names)."""
-        binds: list[tuple[str, str, bool]] = []
-        mounts: list[dict[str, Any]] = []
-        anonymous: list[str] = []
+        binds: builtins.list[tuple[str, str, bool]] = []
+        mounts: builtins.list[dict[str, Any]] = []
+        anonymous: builtins.list[str] = []
         destinations: set[str] = set()
         for spec in options.volumes:
             parts = spec.split(":")
@@ -440,7 +441,7 @@ class ContainerManager:
         self._publish(updated, "rename", oldName=record.name)
         return updated
 
-    async def prune(self) -> list[str]:
+    async def prune(self) -> builtins.list[str]:
         removed = []
         for record in await self.list(all_containers=True):
             if record.state.status in (Status.EXITED, Status.DEAD, Status.CREATED):
@@ -448,15 +449,30 @@ class ContainerManager:
                 removed.append(record.id)
         return removed
 
-    async def volume_users(self, name: str, *, exclude: str | None = None) -> list[str]:
+    async def volume_users(self, name: str, *, exclude: str | None = None) -> builtins.list[str]:
         users = []
         for record in await asyncio.to_thread(self.store.all):
             if record.id != exclude and any(m.get("Name") == name for m in record.mounts):
                 users.append(record.id)
         return users
 
-    async def image_users(self, image_id: str) -> list[ContainerRecord]:
+    async def image_users(self, image_id: str) -> builtins.list[ContainerRecord]:
         return [r for r in await asyncio.to_thread(self.store.all) if r.image_id == image_id]
+
+    # -- stdin and export ------------------------------------------------------------------------------------
+
+    async def write_stdin(self, text: str, data: bytes) -> None:
+        record = await self.get(text)
+        await (await self._supervisor()).write_stdin(self.store.dir(record.id), data)
+
+    async def close_stdin(self, text: str) -> None:
+        record = await self.get(text)
+        await (await self._supervisor()).close_stdin(self.store.dir(record.id))
+
+    async def export(self, text: str, out: Path) -> None:
+        """``export``: the container's filesystem (image + writable layer) as a tar, written atomically."""
+        record = await self.get(text)
+        await asyncio.to_thread(_export_tree, self._snapshotter(), record, self.store.dir(record.id), out)
 
     # -- logs --------------------------------------------------------------------------------------------------
 
@@ -531,6 +547,41 @@ def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:
     if status in (Status.EXITED, Status.DEAD):
         changes["pid"] = 0
     return record.with_state(**changes)
+
+
+def _export_tree(snapshotter: Snapshotter, record: ContainerRecord, bundle: Path, out: Path) -> None:
+    """Mount the container's root privately (read-only overlay of its layers) and tar it to ``out``."""
+    import tarfile
+    import tempfile
+
+    from engine.snapshots import Mount
+    from engine.snapshots.mount import mount_all, unmount
+
+    layers = _layers_bottom_up(snapshotter, record.snapshot_key)
+    upper = snapshotter.upper_dir(record.snapshot_key)
+    if snapshotter.whiteout_mode == "delete":
+        mounts = [Mount("bind", str(upper), ("rbind", "ro"))]
+    else:
+        lowers = ":".join(str(p) for p in [upper, *reversed(layers)])
+        mounts = [Mount("overlay", "overlay", ("ro", f"lowerdir={lowers}"))]
+    target = Path(tempfile.mkdtemp(prefix="export-", dir=bundle))
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        mount_all(mounts, target)
+        try:
+            with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as tar:
+                for entry in sorted(os.listdir(target)):
+                    tar.add(target / entry, arcname=entry, recursive=True)
+        finally:
+            unmount(target)
+        os.replace(tmp_out, out)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp_out.unlink()
+        raise errors.from_oserror(err, f"export of {record.name} to {out}") from err
+    finally:
+        with contextlib.suppress(OSError):
+            target.rmdir()
 
 
 def _layers_bottom_up(snapshotter: Snapshotter, key: str) -> list[Path]:

@@ -23,11 +23,13 @@ from engine.content import ContentStore
 from engine.digest import is_digest
 from engine.events import Event, EventBus, PullProgress
 from engine.images import ImageRecord, ImageStore, LayerRecord
+from engine.leases import EVERYTHING, Lease, LeaseManager
 from engine.reference import Reference, parse_reference
 
 if TYPE_CHECKING:
     import httpx
 
+    from engine.pull import PullResult
     from engine.registry import CredentialStore, RegistryClient
     from engine.runtime.supervisor import Supervisor
     from engine.snapshots import Snapshotter
@@ -55,6 +57,7 @@ class Engine:
         self._bus = EventBus()
         self._content = ContentStore(root / "content")
         self._images = ImageStore(root / "images.db")
+        self._leases = LeaseManager(root / "leases")
         self._client: RegistryClient | None = None
         self._credentials: CredentialStore | None = None
         self._snapshotter: Snapshotter | None = None
@@ -156,6 +159,40 @@ class Engine:
                 restarted.append(record.name)
         return restarted
 
+    # -- volumes -----------------------------------------------------------------------------------------------
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return [v.inspect() for v in await asyncio.to_thread(self.containers.volumes.list)]
+
+    async def create_volume(self, name: str | None = None, *, labels: dict[str, str] | None = None
+                            ) -> dict[str, Any]:
+        volume = await asyncio.to_thread(self.containers.volumes.create, name, labels=labels)
+        self._bus.publish(Event("volume", "create", volume.name))
+        return volume.inspect()
+
+    async def inspect_volume(self, name: str) -> dict[str, Any]:
+        return (await asyncio.to_thread(self.containers.volumes.get, name)).inspect()
+
+    async def remove_volume(self, name: str, *, missing_ok: bool = False) -> None:
+        users = await self.containers.volume_users(name)
+        try:
+            await asyncio.to_thread(self.containers.volumes.remove, name, in_use_by=users)
+        except errors.NotFound:
+            if not missing_ok:
+                raise
+            return
+        self._bus.publish(Event("volume", "destroy", name))
+
+    async def prune_volumes(self, *, all_volumes: bool = False) -> list[str]:
+        """Remove volumes no container uses: anonymous ones, or every unused one with ``all_volumes``."""
+        removed: list[str] = []
+        for volume in await asyncio.to_thread(self.containers.volumes.list):
+            if not (volume.anonymous or all_volumes) or await self.containers.volume_users(volume.name):
+                continue
+            await asyncio.to_thread(self.containers.volumes.remove, volume.name)
+            removed.append(volume.name)
+        return removed
+
     # -- registry access ---------------------------------------------------------------------------------------
 
     def _registry(self) -> RegistryClient:
@@ -224,7 +261,11 @@ class Engine:
             limits=self.config.limits,
             parallel=self.config.registries.parallel_downloads,
         )
-        result = await puller.pull(ref, progress=progress, unpacker=unpacker)
+        with self._leases.hold() as lease:
+            result = await puller.pull(ref, progress=progress, unpacker=unpacker, lease=lease)
+            return await self._store_pulled(ref, result)
+
+    async def _store_pulled(self, ref: Reference, result: PullResult) -> ImageRecord:
         layers = tuple(
             LayerRecord(d.digest, d.media_type, d.size, diff_id)
             for d, diff_id in zip(result.manifest.layers, result.config.diff_ids, strict=True)
@@ -342,11 +383,7 @@ class Engine:
             )
         if users:
             # Forced: untag, but keep the image (and its snapshots) for the containers that use it.
-            report = []
-            for tag in record.repo_tags:
-                self._images.untag(parse_reference(tag))
-                report.append(RemovedImage("Untagged", _familiar_text(tag)))
-            return report
+            return [self._untag_text(tag) for tag in record.repo_tags]
         names_by_ref = _is_reference_text(text, record)
         report: list[RemovedImage] = []
         if names_by_ref:
@@ -376,6 +413,10 @@ class Engine:
         report.append(RemovedImage("Deleted", record.id))
         return report
 
+    def _untag_text(self, normalised: str) -> RemovedImage:
+        self._images.untag(parse_reference(normalised))
+        return RemovedImage("Untagged", _familiar_text(normalised))
+
     async def prune_images(self, *, all_images: bool = False) -> tuple[list[RemovedImage], int]:
         """Remove dangling (untagged) images, or every image with ``all_images``; returns (report, bytes freed)."""
         report: list[RemovedImage] = []
@@ -396,14 +437,17 @@ class Engine:
         from engine.gc import collect_blobs
 
         roots = await asyncio.to_thread(self._images.blob_roots)
-        result = await asyncio.to_thread(collect_blobs, self._content, roots)
+        leased = await asyncio.to_thread(self._leases.active)
+        if EVERYTHING in leased:
+            return 0  # a load is in progress somewhere: collect next time
+        result = await asyncio.to_thread(collect_blobs, self._content, roots, extra_roots=leased)
         freed = result.freed + await asyncio.to_thread(self._collect_snapshots)
         return freed
 
     def _snapshot_roots(self) -> set[str]:
         from engine.unpacker import chain_ids
 
-        roots: set[str] = set()
+        roots: set[str] = set(self._leases.active())
         for record in self._images.list():
             roots.update(chain_ids([layer.diff_id for layer in record.layers]))
         return roots
@@ -417,7 +461,7 @@ class Engine:
             infos = snapshotter.walk()
             parents = {info.parent for info in infos if info.parent}
             victims = [i for i in infos if i.kind == "committed" and i.key not in roots and i.key not in parents]
-            if not victims:
+            if not victims or EVERYTHING in roots:
                 return freed
             for info in victims:
                 size = snapshotter.usage(info.key)
@@ -451,10 +495,18 @@ class Engine:
 
     async def load(self, source: Path) -> list[str]:
         """``load -i``: import a docker-save or OCI archive; returns the loaded names (or ids when untagged)."""
+        with self._leases.hold() as lease:
+            return await self._load_leased(source, lease)
+
+    async def _load_leased(self, source: Path, lease: Lease) -> list[str]:
         from engine.archive import load_archive
         from engine.manifest import parse_image_config
 
-        loaded = await asyncio.to_thread(load_archive, source, self._content)
+        # Which blobs an archive holds is only known as it is read: hold everything until the records exist.
+        lease.add([EVERYTHING])
+        loaded = await asyncio.to_thread(load_archive, source, self._content, limits=self.config.limits)
+        lease.add(d for image in loaded for d in (image.manifest_digest, image.config_digest,
+                                                  *(layer.digest for layer in image.layers)))
         names: list[str] = []
         async with self._image_lock:
             for image in loaded:

@@ -23,6 +23,7 @@ from engine.content import ContentStore
 from engine.errors import LimitExceeded, ManifestInvalid
 from engine.events import PullProgress
 from engine.images import LayerRecord
+from engine.leases import Lease
 from engine.manifest import (
     Descriptor,
     ImageConfig,
@@ -82,6 +83,30 @@ class _Progress:
             self._sink(PullProgress(self._reference, None, phase, sum(self._done.values()), self._total))
 
 
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed task group: the first Kitebox error (the root cause), else the first.
+
+    When one layer fails, its siblings are cancelled or fail as a consequence (a feed abandoned, a source
+    failed), so the first Kitebox error in the group is the one that names what went wrong.
+    """
+    from engine.errors import KiteboxError
+
+    flat: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            flat.append(error)
+
+    walk(group)
+    for error in flat:
+        if isinstance(error, KiteboxError):
+            return error
+    return flat[0]
+
+
 class Puller:
     def __init__(
         self,
@@ -134,6 +159,7 @@ class Puller:
         *,
         progress: ProgressSink | None = None,
         unpacker: Unpacker | None = None,
+        lease: Lease | None = None,
     ) -> PullResult:
         """Download everything ``ref`` needs into the content store and, with ``unpacker``, unpack it.
 
@@ -143,6 +169,10 @@ class Puller:
         if progress is not None:
             progress(PullProgress(str(ref), None, "resolving", 0, 0))
         manifest, digest, media_type, index_digest, body = await self.resolve(ref)
+        if lease is not None:
+            # Before anything is committed: a concurrent garbage collection must see these as in use.
+            lease.add([digest, manifest.config.digest, *(layer.digest for layer in manifest.layers)])
+            lease.add([index_digest] if index_digest else [])
         self._content.put(body, digest)
         config_desc = manifest.config
         if self._content.has(config_desc.digest):
@@ -161,6 +191,10 @@ class Puller:
             for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
         ]
         sources: dict[int, LayerSource] = {}
+        if lease is not None:
+            from engine.unpacker import chain_ids
+
+            lease.add(chain_ids(config.diff_ids))
         if unpacker is not None:
             missing = await asyncio.to_thread(unpacker.missing, config.diff_ids)
             sources = {i: LayerSource(manifest.layers[i].digest) for i in missing}
@@ -172,13 +206,16 @@ class Puller:
                 await unpacker.unpack(layer_records, sources=sources, progress=progress, reference=str(ref))
             )
 
-        async with asyncio.TaskGroup() as group:
-            # Downloads are created (and so take download slots) bottom-up, the order the unpacker consumes
-            # them in: the lowest unfinished layer always has a slot, so bounded feeds cannot deadlock.
-            for position, layer in enumerate(manifest.layers):
-                group.create_task(self.fetch_blob(ref, layer, tracker, sources.get(position)))
-            if unpacker is not None:
-                group.create_task(unpack())
+        try:
+            async with asyncio.TaskGroup() as group:
+                # Downloads are created (and so take download slots) bottom-up, the order the unpacker consumes
+                # them in: the lowest unfinished layer always has a slot, so bounded feeds cannot deadlock.
+                for position, layer in enumerate(manifest.layers):
+                    group.create_task(self.fetch_blob(ref, layer, tracker, sources.get(position)))
+                if unpacker is not None:
+                    group.create_task(unpack())
+        except BaseExceptionGroup as group_error:
+            raise _first_cause(group_error) from None
         tracker.emit("done")
         return PullResult(
             ref, digest, media_type, index_digest, manifest, config_desc.digest, config,

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.cli import images, system
+    from app.cli import containers, images, system, volumes
 
     parser = _Parser(prog=PROG, description="Kitebox: containers without a daemon.")
     parser.add_argument("--root", type=Path, help="State root (default: $KITEBOX_ROOT, /var/lib/kitebox as root, "
@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="Manage images")
     image_group = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser,
                                        required=True)
+    container = commands.add_parser("container", help="Manage containers")
+    container_group = container.add_subparsers(dest="container_command", metavar="COMMAND", parser_class=_Parser,
+                                               required=True)
     images.register(commands, image_group)
+    containers.register(commands, container_group)
+    volumes.register(commands)
     system.register(commands, image_group)
     return parser
 
