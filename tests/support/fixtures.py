@@ -1,0 +1,120 @@
+"""Shared pytest fixtures: real registries, a token server, a fault-injecting proxy and test images.
+
+Loaded by ``tests/conftest.py`` (``pytest_plugins``). Registries are function-scoped (a ``docker-registry``
+starts in ~50 ms), each with storage under the test's ``tmp_path``, so tests never see each other's images.
+Every fixture stops what it started in a ``finally``, so a failing test leaves no process or thread behind.
+
+Fixtures:
+
+* ``registry``         -- anonymous :class:`RegistryServer`;
+* ``basic_registry``   -- htpasswd (Basic) registry with ``REGISTRY_USER`` / ``REGISTRY_PASSWORD``;
+* ``token_server``     -- :class:`TokenServer` with the same user (anonymous pull under ``public/``);
+* ``token_registry``   -- registry in token mode trusting ``token_server``;
+* ``faulty_registry``  -- :class:`FaultyProxy` in front of an anonymous registry (``.upstream`` is the registry);
+* ``busybox_image``    -- a one-layer busybox :class:`BuiltImage` (Docker schema2, gzip), built once per session;
+* ``repo_name``        -- a repository name unique to the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.faulty import FaultyProxy
+from tests.support.images import BuiltImage
+from tests.support.images import busybox_image as build_busybox_image
+from tests.support.registry import RegistryServer, registry_available
+from tests.support.tokenserver import TokenServer, TokenSigner
+
+__all__ = ["REGISTRY_PASSWORD", "REGISTRY_USER", "FaultyRegistry"]
+
+REGISTRY_USER = "alice"
+REGISTRY_PASSWORD = "s3cret"
+_repo_counter = itertools.count(1)
+
+
+class FaultyRegistry(FaultyProxy):
+    """A :class:`FaultyProxy` that also knows its upstream registry (push there to bypass the faults)."""
+
+    def __init__(self, upstream: RegistryServer) -> None:
+        super().__init__(upstream.url)
+        self.upstream = upstream
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``registry`` skip when Debian's ``docker-registry`` is missing; on CI they fail instead."""
+    if item.get_closest_marker("registry") is None or registry_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("this test needs /usr/bin/docker-registry and CI must have it", pytrace=False)
+    pytest.skip("needs /usr/bin/docker-registry (apt install docker-registry)")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path / "registry")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def basic_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path / "basic-registry", htpasswd_users={REGISTRY_USER: REGISTRY_PASSWORD})
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_signer(tmp_path_factory: pytest.TempPathFactory) -> TokenSigner:
+    """One RSA key + certificate per session (generating one costs ~0.1 s)."""
+    return TokenSigner.generate(tmp_path_factory.mktemp("token-signer"))
+
+
+@pytest.fixture
+def token_server(tmp_path: Path, token_signer: TokenSigner) -> Iterator[TokenServer]:
+    server = TokenServer(tmp_path / "token-server", users={REGISTRY_USER: REGISTRY_PASSWORD}, signer=token_signer)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path, token_server: TokenServer) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path / "token-registry", token=token_server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def faulty_registry(registry: RegistryServer) -> Iterator[FaultyRegistry]:
+    """Fails the test at teardown if the proxy hit an unexpected exception while serving."""
+    proxy = FaultyRegistry(registry)
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+    assert not proxy.errors, f"faulty proxy errors: {proxy.errors}"
+
+
+@pytest.fixture(scope="session")
+def busybox_image() -> BuiltImage:
+    return build_busybox_image()
+
+
+@pytest.fixture
+def repo_name(request: pytest.FixtureRequest) -> str:
+    """``test/<test name>-<n>``: a valid, unique repository name (lowercase, ``[a-z0-9]`` joined by ``-``)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60].strip("-") or "t"
+    return f"test/{slug}-{next(_repo_counter)}"
