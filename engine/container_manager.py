@@ -138,7 +138,9 @@ class ContainerManager:
     async def list(self, *, all_containers: bool = False) -> builtins.list[ContainerRecord]:
         records = await asyncio.to_thread(self.store.all)
         refreshed = [await self._refresh(r) for r in records]
-        refreshed = [r for r in refreshed if all_containers or r.state.running]
+        # A refresh removes exited --rm containers: they are gone, not listed.
+        refreshed = [r for r in refreshed if (all_containers or r.state.running) and
+                     self.store.dir(r.id).exists()]
         refreshed.sort(key=lambda r: r.created, reverse=True)
         return refreshed
 
@@ -348,11 +350,14 @@ class ContainerManager:
     async def wait(self, text: str) -> int:
         """Block until the container stops for good; returns its exit code."""
         record = await self.get(text)
-        if record.state.running:
-            supervisor = await self._supervisor()
-            await supervisor.wait(self.store.dir(record.id))
-            record = await self._refresh(await asyncio.to_thread(self.store.load, record.id))
-        return record.state.exit_code
+        if not record.state.running:
+            return record.state.exit_code
+        supervisor = await self._supervisor()
+        info = await supervisor.wait(self.store.dir(record.id))
+        # The refresh records the exit (and removes an --rm container, so the code comes from the monitor).
+        with contextlib.suppress(errors.NotFound):
+            await self._refresh(await asyncio.to_thread(self.store.load, record.id))
+        return info.exit_code
 
     async def stop(self, text: str, *, timeout: float | None = None) -> ContainerRecord:
         record = await self.get(text)

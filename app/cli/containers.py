@@ -80,6 +80,8 @@ def _log_opts(items: list[str] | None) -> dict[str, str]:
 
 
 def _add_create_flags(p: argparse.ArgumentParser) -> None:
+    # Docker's -h is --hostname, so these parsers are made with add_help=False and get --help back here.
+    p.add_argument("--help", action="help", help="Show this help message and exit")
     p.add_argument("--name", help="Assign a name to the container")
     p.add_argument("-e", "--env", action="append", help="Set environment variables")
     p.add_argument("--env-file", action="append", help="Read in a file of environment variables")
@@ -131,11 +133,11 @@ def _create_options(args: argparse.Namespace) -> CreateOptions:
 
 def register(commands: SubCommands, container_group: SubCommands) -> None:
     for group in (commands, container_group):
-        p = group.add_parser("run", help="Create and run a new container from an image")
+        p = group.add_parser("run", help="Create and run a new container from an image", add_help=False)
         p.add_argument("-d", "--detach", action="store_true", help="Run container in background and print its ID")
         _add_create_flags(p)
         p.set_defaults(handler=run)
-        p = group.add_parser("create", help="Create a new container")
+        p = group.add_parser("create", help="Create a new container", add_help=False)
         _add_create_flags(p)
         p.set_defaults(handler=create)
         p = group.add_parser("start", help="Start one or more stopped containers")
@@ -383,7 +385,7 @@ async def ps(engine: Engine, args: argparse.Namespace) -> int:
             command = command[:19] + "…"
         rows.append({
             "ID": record.id if args.no_trunc else record.id[:12], "Image": record.image,
-            "Command": json.dumps(command) if args.format == "table" else command,
+            "Command": json.dumps(command, ensure_ascii=False) if args.format == "table" else command,
             "CreatedAt": record.created, "RunningFor": human_duration_since(parse_rfc3339(record.created), now),
             "Status": _status_text(record, now), "State": record.state.status.value, "Ports": "",
             "Names": record.name, "Labels": ",".join(f"{k}={v}" for k, v in
