@@ -6,7 +6,8 @@ container's own binary (so ``/proc/self/exe`` is the container's, never a host i
 or writes one JSON line ``{"kind": "not_found"|"not_executable"|"failed", "message": ...}`` to ``error_fd`` and
 exits 127/126/125. ``error_fd`` is close-on-exec, so the monitor reading EOF on it means the exec succeeded.
 
-Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup; unshare namespaces; make
+Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup; unshare namespaces (``lo`` up
+in a new network namespace) or join ``spec.netns_path`` (a namespace prepared by :mod:`engine.network`); make
 every mount a slave so nothing propagates back to the host; build the root; perform ``spec.mounts`` with
 destinations resolved *inside* the root (openat2 ``RESOLVE_IN_ROOT``, mount through ``/proc/self/fd/N`` --
 CVE-2021-30465); populate /dev by bind-mounting the host's device nodes (verified to be the real devices);
@@ -31,6 +32,7 @@ import resource
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 PR_SET_PDEATHSIG = 1
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 PR_SET_NO_NEW_PRIVS = 38
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # name -> (major, minor): runc's default devices (specconv AllowedDevices).
@@ -142,6 +147,8 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
     if not flags & syscalls.CLONE_NEWNS:
         raise ContainerStartError("failed", "a container needs its own mount namespace")
     syscalls.unshare(flags)
+    if flags & syscalls.CLONE_NEWNET:
+        _loopback_up()
     if spec.netns_path:
         netns = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         syscalls.setns(netns, syscalls.CLONE_NEWNET)
@@ -198,6 +205,14 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
         os.execve(path, list(process.args), dict(_split_env(env)))
     except OSError as err:
         raise _exec_error(process.args[0], err) from err
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in a fresh network namespace (``--network none``: loopback only, but working)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def _intersect(caps: CapabilitySet, held: int) -> CapabilitySet:

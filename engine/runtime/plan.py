@@ -9,6 +9,8 @@ Docker's rules, so images behave as they do under Docker (references: moby ``dae
   defaulted, HOSTNAME set and TERM=xterm for a tty;
 * working directory: options, else the image's, else ``/``; must be absolute; created at start if missing;
 * user: resolved against the container's /etc/passwd and /etc/group as data (:mod:`engine.runtime.users`);
+* network: ``none`` gives the container a namespace of its own (``lo`` only), ``host`` none at all (and no net
+  sysctls), a bridge network the namespace ``netns_path`` prepared by :mod:`engine.network`;
 * hostname defaults to the first 12 characters of the id; /etc/hostname, /etc/hosts and /etc/resolv.conf are
   generated in ``bundle_dir`` and bind-mounted (a user mount at the same path wins);
 * Docker's default mounts, masked and read-only paths, 14 capabilities; ``--privileged`` gives every
@@ -99,7 +101,8 @@ class RunOptions:
     cap_drop: tuple[str, ...] = ()
     tty: bool = False
     stdin_open: bool = False
-    network: str = "none"
+    network: str = "none"  # "none" (own namespace, lo only), "host", or a bridge network (joined via netns_path)
+    netns_path: str | None = None  # NetworkManager.prepare()'s namespace; set for bridge networks
     shm_size: int = 64 * 1024 * 1024
     stop_signal: str | None = None
     group_add: tuple[str, ...] = ()
@@ -307,8 +310,10 @@ def plan_container(
     """
     if not _CONTAINER_ID.match(container_id):
         raise InvalidArgument(f"invalid container id {container_id!r}")
-    if options.network != "none":
-        raise InvalidArgument(f"network {options.network!r} is not supported (only \"none\")")
+    if not options.network or "/" in options.network:
+        raise InvalidArgument(f"invalid network {options.network!r}")
+    if options.netns_path is not None and options.network in ("none", "host"):
+        raise InvalidArgument(f"network mode {options.network} cannot join the namespace {options.netns_path}")
     args = _command(image_config, options)
 
     hostname = options.hostname or container_id[:12]
@@ -385,12 +390,15 @@ def plan_container(
     else:
         root = RootSpec(str(rootfs), options.read_only, ())
 
-    sysctl = {"net.ipv4.ping_group_range": "0 2147483647", "net.ipv4.ip_unprivileged_port_start": "0"}
+    # The net sysctls are per network namespace: never set them in the host's (--network host).
+    host_network = options.network == "host"
+    sysctl = {} if host_network else {"net.ipv4.ping_group_range": "0 2147483647",
+                                      "net.ipv4.ip_unprivileged_port_start": "0"}
     return RuntimeSpec(
         id=container_id, process=process, root=root, hostname=hostname, mounts=tuple(mounts),
-        namespaces=DEFAULT_NAMESPACES,
+        namespaces=tuple(n for n in DEFAULT_NAMESPACES if not (host_network and n == "net")),
         masked_paths=() if options.privileged else DEFAULT_MASKED_PATHS,
         readonly_paths=() if options.privileged else DEFAULT_READONLY_PATHS,
         sysctl=sysctl, cgroup=_cgroup(container_id, options, cgroup_parent), privileged=options.privileged,
-        netns_path=None,
+        netns_path=options.netns_path,
     )

@@ -1,0 +1,255 @@
+"""Supervision with the real executor and kernel: monitors outlive their engine, restart, stop, pause, attach.
+
+Every test uses the ``bed`` fixture, which fails the test if a monitor or a cgroup is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import CommandNotFound, Conflict
+from engine.logs import log_file_path, read_logs
+from engine.runtime.protocol import read_json
+from engine.runtime.spec import RuntimeSpec
+from engine.runtime.supervisor import LiveState, Supervisor
+
+from .conftest import Bed, async_wait_until, cgroup_dirs
+
+pytestmark = pytest.mark.root
+
+LOOP = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.02; done"
+
+
+async def start(sup: Supervisor, cdir: Path, spec: RuntimeSpec, *, policy: str = "no", retries: int = 0,
+                stop_signal: str = "", stdin_open: bool = False) -> LiveState:
+    return await sup.start(cdir, spec, restart_policy=policy, max_retries=retries, log_opts={},
+                           stop_signal=stop_signal, stdin_open=stdin_open)
+
+
+def log_lines(cdir: Path, spec: RuntimeSpec) -> list[str]:
+    path = log_file_path(cdir, spec.id)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_exit_code_and_output_are_recorded(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", "echo out; echo err >&2; printf partial; exit 3"])
+    state = await start(supervisor, cdir, spec)
+    assert state.status == "running" and state.pid and state.monitor_pid
+    info = await supervisor.wait(cdir)
+    assert (info.exit_code, info.oom_killed, info.error) == (3, False, None)
+    records = [(r.stream, r.data) async for r in read_logs(log_file_path(cdir, spec.id))]
+    assert records == [("stdout", b"out\n"), ("stderr", b"err\n"), ("stdout", b"partial")]
+    final = await supervisor.state(cdir)
+    assert final.status == "exited" and final.exit == info
+
+
+async def test_command_not_found_is_reported_and_cleaned_up(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["/no/such/command"])
+    with pytest.raises(CommandNotFound, match="no/such/command"):
+        await start(supervisor, cdir, spec)
+    state = await supervisor.state(cdir)
+    assert state.status == "exited" and state.exit is not None and state.exit.exit_code == 127
+
+
+ENGINE_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from engine.runtime.spec import RuntimeSpec
+    from engine.runtime.supervisor import Supervisor
+
+    async def main() -> None:
+        cdir = Path(sys.argv[1])
+        spec = RuntimeSpec.from_json(Path(sys.argv[2]).read_text())
+        sup = await Supervisor.open(cdir.parent.parent)
+        await sup.start(cdir, spec, restart_policy="no", max_retries=0, log_opts={}, stop_signal="",
+                        stdin_open=False)
+        print("started", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+""")
+
+
+async def test_container_outlives_a_killed_engine_and_is_reattached(bed: Bed, tmp_path: Path) -> None:
+    cdir, spec = bed.container(["sh", "-c", LOOP])
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    engine = subprocess.Popen([sys.executable, "-c", ENGINE_SCRIPT, str(cdir), str(spec_file)],
+                              stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
+    try:
+        assert engine.stdout is not None
+        assert engine.stdout.readline() == b"started\n"
+    finally:
+        engine.kill()
+        engine.wait()
+        if engine.stdout is not None:
+            engine.stdout.close()
+    seen = len(log_lines(cdir, spec))
+    await async_wait_until(lambda: len(log_lines(cdir, spec)) > seen + 3, "the container to keep logging")
+    sup = await Supervisor.open(bed.state)
+    try:
+        state = await sup.state(cdir)
+        assert state.status == "running" and state.pid is not None
+        info = await sup.stop(cdir, 0.2)  # sh as pid 1 ignores SIGTERM: killed after the timeout
+        assert info.exit_code == 137
+        assert (await sup.state(cdir)).status == "exited"
+    finally:
+        await sup.close()
+
+
+async def test_killing_the_monitor_kills_the_container(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sleep", "1000"])
+    state = await start(supervisor, cdir, spec)
+    assert state.pid is not None and state.monitor_pid is not None
+    os.kill(state.monitor_pid, signal.SIGKILL)
+    await async_wait_until(lambda: not alive(state.pid or 0), "the container to die with its monitor")
+    final = await supervisor.state(cdir)
+    assert final.status == "exited"
+    assert final.exit is not None and final.exit.error == "monitor died" and final.exit.exit_code == 137
+    assert not any(d.exists() and any(p.is_dir() for p in d.iterdir()) for d in cgroup_dirs(bed.cgroup_parent))
+
+
+async def test_stop_escalates_to_sigkill_after_the_timeout(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"])
+    await start(supervisor, cdir, spec)
+    began = time.monotonic()
+    info = await supervisor.stop(cdir, 0.5)
+    assert info.exit_code == 137
+    assert time.monotonic() - began >= 0.5
+
+
+async def test_stop_signal_ends_a_cooperative_container_without_restart(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", "trap 'exit 7' USR1; echo ready; while true; do sleep 0.02; done"])
+    await start(supervisor, cdir, spec, policy="always", stop_signal="SIGUSR1")
+    # pid 1 ignores signals it has no handler for: wait until the trap is installed
+    await async_wait_until(lambda: any("ready" in line for line in log_lines(cdir, spec)), "the trap")
+    info = await supervisor.stop(cdir, 30)
+    assert info.exit_code == 7
+    state = await supervisor.state(cdir)
+    assert state.status == "exited" and state.restart_count == 0
+
+
+async def test_on_failure_restarts_exactly_max_retries_times(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", "echo run; exit 1"])
+    await start(supervisor, cdir, spec, policy="on-failure", retries=2)
+    info = await supervisor.wait(cdir)
+    assert info.exit_code == 1
+    state = await supervisor.state(cdir)
+    assert state.restart_count == 2 and state.status == "exited"
+    assert [line for line in log_lines(cdir, spec) if '"run\\n"' in line].__len__() == 3
+
+
+async def test_always_restarts_until_stopped(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", "echo run; exit 0"])
+    await start(supervisor, cdir, spec, policy="always")
+    counts: list[int] = []
+
+    async def restarted_twice() -> bool:
+        counts.append((await supervisor.state(cdir)).restart_count)
+        return counts[-1] >= 2
+
+    deadline = time.monotonic() + 10
+    while not await restarted_twice():
+        assert time.monotonic() < deadline, "no restarts"
+        await asyncio.sleep(0.02)
+    await supervisor.stop(cdir, 1)
+    final = await supervisor.state(cdir)
+    assert final.status == "exited" and final.restart_count >= 2
+    assert (await supervisor.wait(cdir)) == final.exit
+
+
+async def test_pause_freezes_and_unpause_thaws(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sh", "-c", LOOP])
+    state = await start(supervisor, cdir, spec)
+    freezer = Path("/sys/fs/cgroup/freezer") / spec.cgroup.path / "freezer.state"
+    await supervisor.pause(cdir)
+    assert (await supervisor.state(cdir)).status == "paused"
+    assert freezer.read_text().strip() == "FROZEN"
+    with open(f"/proc/{state.pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] == "D"  # frozen tasks sleep uninterruptibly
+    await supervisor.unpause(cdir)
+    assert (await supervisor.state(cdir)).status == "running"
+    assert freezer.read_text().strip() == "THAWED"
+    with pytest.raises(Conflict):
+        await supervisor.unpause(bed.state / "containers" / "nope")
+    await supervisor.pause(cdir)
+    assert (await supervisor.stop(cdir, 0.2)).exit_code == 137  # a paused container can be stopped
+
+
+async def test_attach_and_stdin(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["cat"])
+    await start(supervisor, cdir, spec, stdin_open=True)
+    chunks: list[tuple[str, bytes]] = []
+
+    async def attach() -> None:
+        async for chunk in supervisor.attach_output(cdir):
+            chunks.append(chunk)
+
+    attached = asyncio.ensure_future(attach())
+    # Attach delivers output from the moment it is registered, so keep feeding cat until the stream shows it.
+    sent = 0
+    deadline = time.monotonic() + 10
+    while not chunks:
+        assert time.monotonic() < deadline, "attach never delivered output"
+        await supervisor.write_stdin(cdir, f"hello {sent}\n".encode())
+        sent += 1
+        with contextlib.suppress(AssertionError):
+            await async_wait_until(lambda: bool(chunks), "output", timeout=0.2)
+    await supervisor.close_stdin(cdir)
+    info = await supervisor.wait(cdir)
+    await asyncio.wait_for(attached, 5)  # the attach stream ends with the container
+    assert info.exit_code == 0
+    expected = [f"hello {i}\n".encode() for i in range(sent)]
+    seen = b"".join(data for _, data in chunks)
+    assert {stream for stream, _ in chunks} == {"stdout"}
+    assert seen and b"".join(expected).endswith(seen)  # a contiguous tail: nothing lost or repeated
+    logged = [r.data async for r in read_logs(log_file_path(cdir, spec.id))]
+    assert logged == expected
+    with pytest.raises(Conflict, match="not running"):
+        await supervisor.write_stdin(cdir, b"late")
+
+
+async def test_kill_and_errors_on_stopped_containers(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sleep", "1000"])
+    await start(supervisor, cdir, spec, policy="always")
+    with pytest.raises(Conflict, match="already running"):
+        await start(supervisor, cdir, spec)
+    await supervisor.kill(cdir, signal.SIGKILL)  # a kill with SIGKILL is a manual stop: no restart
+    info = await supervisor.wait(cdir)
+    assert info.exit_code == 137
+    with pytest.raises(Conflict, match="not running"):
+        await supervisor.kill(cdir, signal.SIGTERM)
+    assert (await supervisor.stop(cdir, 1)) == info
+
+
+async def test_idle_monitor_is_small(bed: Bed, supervisor: Supervisor) -> None:
+    cdirs = []
+    for _ in range(3):
+        cdir, spec = bed.container(["sleep", "1000"])
+        state = await start(supervisor, cdir, spec)
+        cdirs.append((cdir, state.monitor_pid))
+    for _, pid in cdirs:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        pss_kb = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        assert pss_kb <= 10 * 1024
+    for cdir, _ in cdirs:
+        await supervisor.stop(cdir, 0.1)
+    assert all(read_json(cdir / "exit.json") for cdir, _ in cdirs)
