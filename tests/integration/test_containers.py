@@ -63,7 +63,8 @@ async def run(engine: Engine, image: str, *cmd: str, **options: object) -> tuple
     record = await engine.create_container(image, CreateOptions(cmd=tuple(cmd), **options))  # type: ignore[arg-type]
     await engine.containers.start(record.id)
     code = await engine.containers.wait(record.id)
-    out, err = [], []
+    out: list[str] = []
+    err: list[str] = []
     async for item in engine.containers.logs(record.id):
         (err if item.stream == "stderr" else out).append(item.data.decode())
     return code, "".join(out), "".join(err)
