@@ -23,7 +23,15 @@ from app.cli.output import (
     print_table,
 )
 from app.cli.progress import PullPrinter
-from engine import ContainerRecord, CreateOptions, Engine, InvalidArgument, KiteboxError, NotFound
+from engine import (
+    ContainerRecord,
+    CreateOptions,
+    Engine,
+    InvalidArgument,
+    KiteboxError,
+    NotFound,
+    parse_time_arg,
+)
 
 __all__ = ["parse_bytes", "register"]
 
@@ -403,8 +411,6 @@ async def ps(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def logs(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.logs import parse_time_arg
-
     now = time.time()
     tail: int | None = None
     if args.tail != "all":
