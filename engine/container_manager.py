@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal as _signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,9 +158,25 @@ class ContainerManager:
             await asyncio.to_thread(self.store.save, updated)
             if record.state.running and not updated.state.running:
                 self._publish(updated, "die", exitCode=str(updated.state.exit_code))
-        if updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD):
+        if (updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD)
+                and not _attached(self.store.dir(record.id))):
             await self._destroy(updated, volumes=True)
         return updated
+
+    @contextlib.contextmanager
+    def attached(self, container_id: str) -> Iterator[None]:
+        """Hold an ``--rm`` container while a foreground client streams it: nobody else removes it meanwhile.
+
+        The hold is a file ``attached-<pid>`` in the container's directory, so other processes (a ``ps`` in
+        another terminal) respect it too; a hold whose process died is ignored.
+        """
+        marker = self.store.dir(container_id) / f"attached-{os.getpid()}"
+        marker.touch()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
 
     # -- create ----------------------------------------------------------------------------------------------
 
@@ -534,6 +550,23 @@ class ContainerManager:
             "HostConfig": {k: v for k, v in record.host_config.items() if k != "AnonymousVolumes"},
             "NetworkSettings": record.network or {"Networks": {}},
         }
+
+
+def _attached(bundle: Path) -> bool:
+    try:
+        names = os.listdir(bundle)
+    except FileNotFoundError:
+        return False
+    for name in names:
+        if name.startswith("attached-") and name[9:].isdigit():
+            try:
+                os.kill(int(name[9:]), 0)
+                return True
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                return True
+    return False
 
 
 def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:

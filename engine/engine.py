@@ -8,6 +8,7 @@ by several processes at once (the app and a CLI): the stores use file locks and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform as _platform
 from collections.abc import AsyncIterator, Callable
@@ -126,6 +127,10 @@ class Engine:
                 self._supervisor = await Supervisor.open(self.root)
             return self._supervisor
 
+    async def _warm_supervisor(self) -> None:
+        supervisor = await self._open_supervisor()
+        await supervisor.warm_up()
+
     async def create_container(
         self,
         image: str,
@@ -135,13 +140,20 @@ class Engine:
         on_progress: Callable[[PullProgress], None] | None = None,
     ) -> ContainerRecord:
         """``create``: a container from ``image`` (pulled first when missing and ``pull_missing``)."""
+        # A container is usually started right after it is created: warm the supervisor's helper process
+        # (an interpreter start-up) while the container is being prepared.
+        warm = asyncio.create_task(self._warm_supervisor())
         try:
-            record = await self.image(image)
-        except errors.NotFound:
-            if not pull_missing:
-                raise
-            record = await self.pull(image, on_progress=on_progress)
-        return await self.containers.create(record, image, options)
+            try:
+                record = await self.image(image)
+            except errors.NotFound:
+                if not pull_missing:
+                    raise
+                record = await self.pull(image, on_progress=on_progress)
+            return await self.containers.create(record, image, options)
+        finally:
+            with contextlib.suppress(Exception):
+                await warm
 
     async def recover(self) -> list[str]:
         """Reconcile containers after the engine (or the host) went away; restart ``always`` ones.
@@ -224,6 +236,16 @@ class Engine:
         creds = Credentials(username, password)
         await self._registry().login(domain, creds)
         await asyncio.to_thread(self._credential_store().set, domain, creds)
+
+    async def catalog(self, registry: str) -> list[str]:
+        """Repositories a registry lists (``/v2/_catalog``), for browsing a private registry."""
+        return await self._registry().catalog(_registry_domain(registry))
+
+    async def list_tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository`` (Docker's grammar, without tag)."""
+        from engine.reference import parse_repository
+
+        return await self._registry().list_tags(parse_repository(repository))
 
     async def logout(self, registry: str) -> bool:
         """Forget the stored credentials for ``registry``; False when there were none."""

@@ -240,28 +240,40 @@ async def run(engine: Engine, args: argparse.Namespace) -> int:
     except KiteboxError as err:
         print(f"kitebox: {err}", file=sys.stderr)
         return 125 if err.exit_code == 1 and not isinstance(err, NotFound | InvalidArgument) else err.exit_code
-    try:
-        await engine.containers.start(record.id)
-    except KiteboxError as err:
-        print(f"kitebox: Error response from daemon: {err}", file=sys.stderr)
-        if args.rm:
-            await engine.containers.remove(record.id, force=True, volumes=True)
-        return err.exit_code if err.exit_code in (126, 127) else 125
     if args.detach:
+        try:
+            await engine.containers.start(record.id)
+        except KiteboxError as err:
+            return await _start_failed(engine, record.id, err, remove=args.rm)
         print(record.id)
         return 0
-    stdin_task = asyncio.create_task(_pump_stdin(engine, record.id)) if args.interactive else None
-    try:
-        await _stream_logs(engine, record.id, follow=True)
-        code = await engine.containers.wait(record.id)
-    finally:
-        if stdin_task is not None:
-            stdin_task.cancel()
+    # Held from before the start: nobody (not even a `ps` elsewhere) removes an --rm container we stream.
+    with engine.containers.attached(record.id):
+        try:
+            await engine.containers.start(record.id)
+        except KiteboxError as err:
+            return await _start_failed(engine, record.id, err, remove=args.rm)
+        stdin_task = asyncio.create_task(_pump_stdin(engine, record.id)) if args.interactive else None
+        try:
+            await _stream_logs(engine, record.id, follow=True)
+            code = await engine.containers.wait(record.id)
+        finally:
+            if stdin_task is not None:
+                stdin_task.cancel()
     if args.rm:
         # NotFound: removed already by whoever saw it exit first (the engine removes --rm ones on refresh).
         with contextlib.suppress(NotFound):
             await engine.containers.remove(record.id, force=True, volumes=True)
     return code
+
+
+async def _start_failed(engine: Engine, container_id: str, err: KiteboxError, *, remove: bool) -> int:
+    """``run``'s start failure: one line, Docker's exit code (126/127 for the command, else 125)."""
+    print(f"kitebox: Error response from daemon: {err}", file=sys.stderr)
+    if remove:
+        with contextlib.suppress(NotFound):
+            await engine.containers.remove(container_id, force=True, volumes=True)
+    return err.exit_code if err.exit_code in (126, 127) else 125
 
 
 async def create(engine: Engine, args: argparse.Namespace) -> int:

@@ -175,6 +175,12 @@ class Supervisor:
 
     # --- helper ----------------------------------------------------------------------------------------------
 
+    async def warm_up(self) -> None:
+        """Start the helper now (an interpreter start-up) so that the next ``start`` does not wait for it."""
+        async with self._helper_lock:
+            if self._helper_conn is None:
+                await self._start_helper()
+
     async def _spawn(self, container_dir: Path) -> int:
         async with self._helper_lock:
             if self._helper_conn is None:
