@@ -225,7 +225,8 @@ class RegistryServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def __enter__(self) -> RegistryServer:
-        return self.start()
+        # ``with RegistryServer(d).start() as reg`` must not start a second process.
+        return self if self._proc is not None else self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
