@@ -1,0 +1,108 @@
+"""Container start benchmarks (issue 4), as root: ``.venv/bin/python -m bench.run [--runs N] [--idle N]``.
+
+* ``kitebox run --rm IMAGE true`` wall time (the CLI as a user runs it) vs ``podman run --rm --network none``
+  of the same image, pulled from the same local registry, measured in the same run;
+* in-process ``create + start + wait`` of ``true`` through the engine API (median);
+* ``--idle N`` idle containers (``sleep``) at once: the supervision overhead per container, as the PSS of its
+  monitor process (from /proc/<pid>/smaps_rollup), median and total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import local_registry, median_time, podman, push, report, run_quiet, scratch
+from engine import CreateOptions, Engine
+from tests.support.images import busybox_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kitebox(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "app.main", "--root", str(root), *args]
+
+
+async def _in_process(root: Path, ref: str, runs: int) -> float:
+    samples = []
+    async with await Engine.open(root) as engine:
+        for _ in range(runs + 2):
+            began = time.perf_counter()
+            record = await engine.create_container(ref, CreateOptions(cmd=("true",)))
+            await engine.containers.start(record.id)
+            await engine.containers.wait(record.id)
+            samples.append(time.perf_counter() - began)
+            await engine.containers.remove(record.id)
+    return statistics.median(samples[2:])  # the first two warm the helper and the caches
+
+
+def _pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def _idle(root: Path, ref: str, count: int) -> tuple[float, float]:
+    async with await Engine.open(root) as engine:
+        ids = []
+        try:
+            for _ in range(count):
+                record = await engine.create_container(ref, CreateOptions(cmd=("sleep", "300")))
+                await engine.containers.start(record.id)
+                ids.append(record.id)
+            pss = []
+            for container_id in ids:
+                monitor = json.loads((root / "containers" / container_id / "monitor.json").read_text())
+                pss.append(_pss_kib(int(monitor["monitor_pid"])))
+            return statistics.median(pss) / 1024, sum(pss) / 1024
+        finally:
+            for container_id in ids:
+                await engine.containers.remove(container_id, force=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--idle", type=int, default=100)
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KITEBOX_CONFIG": "/nonexistent/kitebox.json"}
+    with scratch("kitebox-bench-run-") as work, local_registry(work) as registry:
+        ref = push(registry, "bench/busybox", busybox_image(compression="gzip"))
+        root = work / "kitebox"
+        subprocess.run(_kitebox(root, "pull", "-q", ref), check=True, env=env, stdout=subprocess.DEVNULL)
+
+        def kitebox_run() -> None:
+            subprocess.run(_kitebox(root, "run", "--rm", ref, "true"), check=True, env=env)
+
+        kitebox_run()
+        cli = median_time(args.runs, kitebox_run)
+        rows: list[tuple[str, float | None]] = [("kitebox run --rm IMAGE true", cli)]
+        prefix = podman(work / "podman")
+        if prefix is not None:
+            run_quiet([*prefix, "pull", "-q", "--tls-verify=false", ref])
+            run_quiet([*prefix, "run", "--rm", "--network", "none", ref, "true"])
+            rows.append(("podman run --rm --network none", median_time(
+                args.runs, lambda: run_quiet([*prefix, "run", "--rm", "--network", "none", ref, "true"]))))
+            subprocess.run([*prefix, "system", "reset", "-f"], capture_output=True)
+        else:
+            rows.append(("podman run --rm --network none", None))
+        in_process = asyncio.run(_in_process(root, ref, args.runs))
+        print(f"median of {args.runs} runs:")
+        report(rows, baseline="podman run --rm --network none")
+        print(f"  in-process create+start+wait of true: {in_process * 1000:.1f} ms (median)")
+        if args.idle:
+            median_pss, total = asyncio.run(_idle(root, ref, args.idle))
+            print(f"  {args.idle} idle containers: monitor PSS {median_pss:.1f} MiB median, {total:.0f} MiB total")
+
+
+if __name__ == "__main__":
+    main()
