@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from engine.events import Event, PullProgress
     from engine.images import ImageRecord, LayerRecord
     from engine.logs import LogRecord, parse_time_arg
+    from engine.network.ports import format_ports
     from engine.reference import Reference, parse_reference
 
 _LOCATIONS: dict[str, str] = {
@@ -65,6 +66,7 @@ _LOCATIONS: dict[str, str] = {
     "LayerRecord": "engine.images",
     "LogRecord": "engine.logs",
     "parse_time_arg": "engine.logs",
+    "format_ports": "engine.network.ports",
     "LayerRejected": "engine.errors",
     "LimitExceeded": "engine.errors",
     "Limits": "engine.config",
@@ -139,6 +141,7 @@ __all__ = [
     "StoreError",
     "UserError",
     "default_root",
+    "format_ports",
     "load_config",
     "parse_reference",
     "parse_time_arg",

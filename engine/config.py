@@ -22,7 +22,14 @@ overrides the path). Every key is optional; unknown keys are refused so a typo i
         "max_layer_entries": 2000000,
         "max_path_bytes": 4096
       },
-      "snapshotter": "auto"                        # "auto" | "overlay" | "copy"
+      "snapshotter": "auto",                       # "auto" | "overlay" | "copy"
+      "network": {
+        "default_bridge": "kitebox0",              # the default ("bridge") network's bridge
+        "bridge_prefix": "kb-",                    # user networks' bridges: <prefix><id>
+        "table": "kitebox",                        # Kitebox's own nftables table
+        "default_subnet": "",                      # "" = the first free one from the address pools
+        "ip_forward": true                         # turn on net.ipv4.ip_forward for outbound NAT
+      }
     }
 """
 
@@ -36,7 +43,7 @@ from typing import Any
 
 from engine.errors import InvalidArgument
 
-__all__ = ["Config", "Limits", "RegistryConfig", "config_path", "default_root", "load_config"]
+__all__ = ["Config", "Limits", "NetworkConfig", "RegistryConfig", "config_path", "default_root", "load_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +69,22 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """Names Kitebox uses on the host, configurable so several state roots (and tests) can share a host."""
+
+    default_bridge: str = "kitebox0"
+    bridge_prefix: str = "kb-"
+    table: str = "kitebox"
+    default_subnet: str = ""
+    ip_forward: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     registries: RegistryConfig = field(default_factory=RegistryConfig)
     limits: Limits = field(default_factory=Limits)
     snapshotter: str = "auto"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     config_file: Path | None = None
 
 
@@ -103,7 +122,15 @@ def _section(cls: type[Any], raw: object, where: str) -> Any:
         if key not in known:
             raise InvalidArgument(f"config {where}: unknown key {key!r}")
         default = getattr(cls(), key)
-        if isinstance(default, bool) or not isinstance(default, int | float | tuple | dict):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"config {where}.{key}: expected true or false")
+            values[key] = value
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"config {where}.{key}: expected a string")
+            values[key] = value
+        elif not isinstance(default, int | float | tuple | dict):
             values[key] = value
         elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -135,7 +162,7 @@ def load_config(path: Path | None = None) -> Config:
         raise InvalidArgument(f"config {path}: not valid JSON ({err.msg} at line {err.lineno})") from err
     if not isinstance(raw, dict):
         raise InvalidArgument(f"config {path}: expected a JSON object")
-    unknown = set(raw) - {"registries", "limits", "snapshotter"}
+    unknown = set(raw) - {"registries", "limits", "snapshotter", "network"}
     if unknown:
         raise InvalidArgument(f"config {path}: unknown key {sorted(unknown)[0]!r}")
     snapshotter = raw.get("snapshotter", "auto")
@@ -145,5 +172,6 @@ def load_config(path: Path | None = None) -> Config:
         registries=_section(RegistryConfig, raw.get("registries", {}), "registries"),
         limits=_section(Limits, raw.get("limits", {}), "limits"),
         snapshotter=snapshotter,
+        network=_section(NetworkConfig, raw.get("network", {}), "network"),
         config_file=path,
     )

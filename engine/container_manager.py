@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from engine.content import ContentStore
     from engine.images import ImageRecord, ImageStore
     from engine.logs import LogRecord
+    from engine.network import NetworkManager
     from engine.runtime.supervisor import LiveState, Supervisor
     from engine.snapshots import Snapshotter
 
@@ -59,7 +60,12 @@ class CreateOptions:
     restart: str = "no"
     auto_remove: bool = False
     log_opts: Mapping[str, str] = field(default_factory=dict)
-    network: str = "none"
+    network: str = "bridge"  # "bridge" (the default network), "none", "host" or a user network's name
+    publish: tuple[str, ...] = ()  # -p specs: [hostip:][hostport:]port[/proto]
+    publish_all: bool = False  # -P: every EXPOSEd port to a random host port
+    network_aliases: tuple[str, ...] = ()
+    add_hosts: tuple[str, ...] = ()  # --add-host host:ip
+    dns: tuple[str, ...] = ()
     tty: bool = False
     stdin_open: bool = False
     stop_signal: str | None = None
@@ -110,6 +116,7 @@ class ContainerManager:
         snapshotter: Callable[[], Snapshotter],
         unpack: Callable[[str], Any],
         supervisor: Callable[[], Any],
+        networks: NetworkManager,
     ) -> None:
         self.store = ContainerStore(root / "containers")
         self.volumes = VolumeStore(root / "volumes")
@@ -119,6 +126,7 @@ class ContainerManager:
         self._snapshotter = snapshotter
         self._unpack = unpack
         self._supervisor_factory = supervisor
+        self._networks = networks
         self._lock = asyncio.Lock()
 
     async def _supervisor(self) -> Supervisor:
@@ -157,6 +165,10 @@ class ContainerManager:
         if updated != record:
             await asyncio.to_thread(self.store.save, updated)
             if record.state.running and not updated.state.running:
+                # Stopped for good (a restart keeps its namespace): its address, veth and ports go.
+                await self._networks.release(record.id)
+                updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})
+                await asyncio.to_thread(self.store.save, updated)
                 self._publish(updated, "die", exitCode=str(updated.state.exit_code))
         if (updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD)
                 and not _attached(self.store.dir(record.id))):
@@ -189,9 +201,14 @@ class ContainerManager:
         restart_name, max_retries = parse_restart_policy(options.restart)
         if options.auto_remove and restart_name != "no":
             raise errors.InvalidArgument("conflicting options: --restart and --rm")
-        if options.network not in ("none", "host", "default", "bridge"):
-            raise errors.InvalidArgument(f"network {options.network} not found")
-        network = "none" if options.network in ("default", "bridge") else options.network
+        from engine.network import parse_publish
+
+        network = "bridge" if options.network == "default" else options.network
+        if network not in ("none", "host", "bridge"):
+            await self._networks.inspect(network)  # NotFound: "network X not found"
+        if network in ("none", "host") and (options.publish or options.publish_all or options.network_aliases):
+            raise errors.InvalidArgument(f"published ports and aliases need a bridge network, not {network}")
+        bindings = [b.to_json() for spec in options.publish for b in parse_publish(spec)]
         top = await self._unpack(image.id)
         async with self._lock:
             with self.store.locked():
@@ -219,15 +236,13 @@ class ContainerManager:
                 binds=tuple(Bind(s, d, ro) for s, d, ro in binds), tmpfs=tmpfs, memory=options.memory,
                 cpus=options.cpus, pids_limit=options.pids_limit, read_only=options.read_only,
                 privileged=options.privileged, cap_add=options.cap_add, cap_drop=options.cap_drop,
-                tty=options.tty, stdin_open=options.stdin_open, network="none",
+                tty=options.tty, stdin_open=options.stdin_open, network=network,
+                netns_path=None if network in ("none", "host") else
+                str(self._networks.netns_path(container_id)),
                 stop_signal=options.stop_signal,
             )
             spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
                                   rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle)
-            if network == "host":
-                import dataclasses
-
-                spec = dataclasses.replace(spec, namespaces=tuple(n for n in spec.namespaces if n != "net"))
             (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
             stop_signal = options.stop_signal or image_config.get("StopSignal") or "SIGTERM"
             parse_signal(stop_signal)
@@ -257,6 +272,9 @@ class ContainerManager:
                     "CapAdd": list(options.cap_add) or None, "CapDrop": list(options.cap_drop) or None,
                     "Tmpfs": {d: o for d, o in tmpfs} or None,
                     "LogConfig": {"Type": "json-file", "Config": dict(options.log_opts)},
+                    "PortBindings": bindings, "PublishAllPorts": options.publish_all,
+                    "Dns": list(options.dns), "ExtraHosts": list(options.add_hosts) or None,
+                    "NetworkAliases": list(options.network_aliases),
                     "AnonymousVolumes": anonymous,
                 },
                 path=spec.process.args[0], args=list(spec.process.args[1:]), snapshot_key=key,
@@ -345,6 +363,9 @@ class ContainerManager:
         for stale in ("exit.json", "state.json"):
             with contextlib.suppress(FileNotFoundError):
                 (bundle / stale).unlink()
+        attachment = await self._attach_network(record, spec.hostname)
+        if attachment is not None:
+            record = ContainerRecord.from_json({**record.to_json(), "network": attachment})
         try:
             live = await supervisor.start(
                 bundle, spec, restart_policy=policy["Name"], max_retries=int(policy["MaximumRetryCount"]),
@@ -352,6 +373,7 @@ class ContainerManager:
                 stdin_open=bool(record.config.get("OpenStdin")),
             )
         except errors.KiteboxError as err:
+            await self._networks.release(record.id)
             failed = record.with_state(status=Status.EXITED if record.state.status != Status.CREATED
                                        else Status.CREATED, exit_code=err.exit_code, error=str(err))
             if isinstance(err, errors.CommandNotFound | errors.CommandNotExecutable):
@@ -362,6 +384,23 @@ class ContainerManager:
         await asyncio.to_thread(self.store.save, updated)
         self._publish(updated, "start")
         return updated
+
+    async def _attach_network(self, record: ContainerRecord, hostname: str) -> dict[str, Any] | None:
+        """Give the container its network before its process starts; returns NetworkSettings for inspect."""
+        from engine.network import PortBinding
+
+        host = record.host_config
+        mode = host.get("NetworkMode", "none")
+        attachment = await self._networks.prepare(
+            record.id, name=record.name, hostname=hostname,
+            networks=[(mode, tuple(host.get("NetworkAliases") or ()))],
+            ports=[PortBinding.from_json(b) for b in host.get("PortBindings") or []],
+            publish_all=bool(host.get("PublishAllPorts")),
+            exposed=list((record.config.get("ExposedPorts") or {}).keys()),
+            dns=tuple(host.get("Dns") or ()), add_hosts=tuple(host.get("ExtraHosts") or ()),
+            container_dir=self.store.dir(record.id),
+        )
+        return attachment.settings
 
     async def wait(self, text: str) -> int:
         """Block until the container stops for good; returns its exit code."""
@@ -440,6 +479,7 @@ class ContainerManager:
         removing = record.with_state(status=Status.REMOVING)
         with contextlib.suppress(errors.NotFound):
             await asyncio.to_thread(self.store.save, removing)
+        await self._networks.release(record.id)
         snapshotter = self._snapshotter()
         with contextlib.suppress(errors.NotFound):
             await asyncio.to_thread(snapshotter.remove, record.snapshot_key)

@@ -65,6 +65,18 @@ class Engine:
         self._supervisor: Supervisor | None = None
         self._supervisor_lock = asyncio.Lock()
         self._image_lock = asyncio.Lock()
+        from engine.network import NetworkManager
+
+        net = config.network
+        self.networks = NetworkManager(
+            root,
+            default_bridge=net.default_bridge,
+            bridge_prefix=net.bridge_prefix,
+            table=net.table,
+            default_subnet=net.default_subnet or None,
+            ip_forward=net.ip_forward,
+        )
+        """Networks (``create``, ``list``, ``inspect``, ``remove``, ``connect``...): see ``NetworkManager``."""
         self.containers = ContainerManager(
             root,
             images=self._images,
@@ -73,6 +85,7 @@ class Engine:
             snapshotter=self.snapshotter,
             unpack=self.unpack,
             supervisor=self._open_supervisor,
+            networks=self.networks,
         )
         """Container verbs (``create``, ``start``, ``stop``, ``list``, ``logs``...): see ``ContainerManager``."""
 
@@ -106,6 +119,7 @@ class Engine:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self.networks.close()
         self._images.close()
         self._bus.close()
 
@@ -161,14 +175,21 @@ class Engine:
         Returns the names of containers that were started again.
         """
         restarted: list[str] = []
+        live: list[str] = []
         for record in await asyncio.to_thread(self.containers.store.all):
             if not record.state.running:
                 continue
             refreshed = await self.containers.get(record.id)
             policy = refreshed.host_config.get("RestartPolicy", {}).get("Name")
-            if not refreshed.state.running and policy in ("always", "unless-stopped"):
+            if refreshed.state.running:
+                live.append(record.id)
+            elif policy in ("always", "unless-stopped"):
                 await self.containers.start(record.id)
                 restarted.append(record.name)
+                live.append(record.id)
+        # Network leftovers of containers that are gone (veths, leases, port rules, namespaces).
+        if live or (self.root / "networks").exists():
+            await self.networks.repair(live)
         return restarted
 
     # -- volumes -----------------------------------------------------------------------------------------------

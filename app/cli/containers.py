@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.cli.networks import add_run_flags, network_flags
 from app.cli.output import (
     SubCommands,
     human_duration,
@@ -30,6 +31,7 @@ from engine import (
     InvalidArgument,
     KiteboxError,
     NotFound,
+    format_ports,
     parse_time_arg,
 )
 
@@ -110,7 +112,9 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rm", action="store_true", help="Automatically remove the container when it exits")
     p.add_argument("-l", "--label", action="append", help="Set meta data on a container")
     p.add_argument("--log-opt", action="append", help="Log driver options")
-    p.add_argument("--network", "--net", default="none", help="Connect a container to a network (none, host)")
+    p.add_argument("--network", "--net", default="bridge",
+                   help="Connect a container to a network (bridge, none, host or a network's name)")
+    add_run_flags(p)
     p.add_argument("-i", "--interactive", action="store_true", help="Keep STDIN open even if not attached")
     p.add_argument("-t", "--tty", action="store_true", help="Allocate a pseudo-TTY")
     p.add_argument("--stop-signal", help="Signal to stop the container")
@@ -125,6 +129,7 @@ def _create_options(args: argparse.Namespace) -> CreateOptions:
     if args.cpus is not None and args.cpus <= 0:
         raise InvalidArgument(f"invalid --cpus value {args.cpus}: must be positive")
     pids = args.pids_limit if args.pids_limit is None or args.pids_limit > 0 else None
+    net = network_flags(args)
     return CreateOptions(
         name=args.name,
         cmd=tuple(args.command) if args.command else None,
@@ -135,6 +140,8 @@ def _create_options(args: argparse.Namespace) -> CreateOptions:
         pids_limit=pids, read_only=args.read_only, privileged=args.privileged,
         cap_add=tuple(args.cap_add or ()), cap_drop=tuple(args.cap_drop or ()), restart=args.restart,
         auto_remove=args.rm, log_opts=_log_opts(args.log_opt), network=args.network,
+        publish=net.publish, publish_all=net.publish_all, network_aliases=net.aliases, add_hosts=net.add_hosts,
+        dns=net.dns,
         tty=args.tty, stdin_open=args.interactive, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
     )
 
@@ -233,13 +240,13 @@ async def _pump_stdin(engine: Engine, container_id: str) -> None:
 
 
 async def run(engine: Engine, args: argparse.Namespace) -> int:
-    options = _create_options(args)
-    printer = PullPrinter()
+    # Like `docker run`: whatever fails before the container's command runs (options, pull, create) is 125.
     try:
-        record = await engine.create_container(args.image, options, on_progress=printer)
+        options = _create_options(args)
+        record = await engine.create_container(args.image, options, on_progress=PullPrinter())
     except KiteboxError as err:
         print(f"kitebox: {err}", file=sys.stderr)
-        return 125 if err.exit_code == 1 and not isinstance(err, NotFound | InvalidArgument) else err.exit_code
+        return 125
     if args.detach:
         try:
             await engine.containers.start(record.id)
@@ -407,7 +414,8 @@ async def ps(engine: Engine, args: argparse.Namespace) -> int:
             "ID": record.id if args.no_trunc else record.id[:12], "Image": record.image,
             "Command": json.dumps(command, ensure_ascii=False) if args.format == "table" else command,
             "CreatedAt": record.created, "RunningFor": human_duration_since(parse_rfc3339(record.created), now),
-            "Status": _status_text(record, now), "State": record.state.status.value, "Ports": "",
+            "Status": _status_text(record, now), "State": record.state.status.value,
+            "Ports": format_ports((record.network or {}).get("Ports")),
             "Names": record.name, "Labels": ",".join(f"{k}={v}" for k, v in
                                                       (record.config.get("Labels") or {}).items()),
             "Mounts": ",".join(m.get("Name", m.get("Source", "")) for m in record.mounts),

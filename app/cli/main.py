@@ -66,7 +66,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with ``argv``, only the parsers that command needs are built (help shows all)."""
-    from app.cli import containers, images, system, volumes
+    from app.cli import containers, images, networks, system, volumes
 
     wanted = _command_word(argv) if argv is not None else None
     parser = _Parser(prog=PROG, description="Kitebox: containers without a daemon.")
@@ -85,16 +85,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     container = commands.add_parser("container", help="Manage containers")
     container_group = container.add_subparsers(dest="container_command", metavar="COMMAND", parser_class=_Parser,
                                                required=True)
+    commands.add_parser("gui", help="Open the desktop app (also what kitebox does with no command)")
     images.register(commands, image_group)
     containers.register(commands, container_group)
     volumes.register(commands)
+    networks.register(commands)
     system.register(commands, image_group)
     return parser
 
 
 def _known_commands(action: Any) -> set[str]:
     """Every top-level command name, collected by a dry registration (cheap: nothing is built)."""
-    from app.cli import containers, images, system, volumes
+    from app.cli import containers, images, networks, system, volumes
 
     class Collect:
         def __init__(self) -> None:
@@ -108,6 +110,7 @@ def _known_commands(action: Any) -> set[str]:
     images.register(collect, _Skip())
     containers.register(collect, _Skip())
     volumes.register(collect)
+    networks.register(collect)
     system.register(collect, _Skip())
     return collect.names | {"image", "container"}
 

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def kitebox(root: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KITEBOX_CONFIG": str(root / "no-config.json"), "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "app.main", "--root", str(root), *args],
         input=stdin, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT,
@@ -52,8 +52,8 @@ def test_missing_image_exits_1(tmp_path: Path) -> None:
     assert "No such image: nosuchimage" in result.stderr
 
 
-def test_broken_config_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "no-config.json").write_text('{"registries": {"parallel_downloads": "many"}}')
+def test_broken_config_is_refused(tmp_path: Path, isolated_kitebox_config: Path) -> None:
+    isolated_kitebox_config.write_text('{"registries": {"parallel_downloads": "many"}}')
     result = kitebox(tmp_path, "images")
     assert result.returncode == 1
     assert "parallel_downloads" in result.stderr
@@ -132,7 +132,7 @@ def test_kill_9_during_pull_then_resume(tmp_path: Path, faulty_registry: FaultyR
     layer = image.layers[0].digest
     faulty_registry.stall(1_600_000, path=f"/blobs/{layer}", times=1)
     ref = f"{faulty_registry.host}/{repo_name}:v1"
-    env = {**os.environ, "KITEBOX_CONFIG": str(tmp_path / "none.json"), "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "app.main", "--root", str(tmp_path), "pull", "-q", ref],
                             env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ingest = tmp_path / "content" / "ingest" / layer.split(":")[1] / "data"

@@ -55,7 +55,7 @@ def _wait_dead(pid: int, deadline: float = 10.0) -> None:
 
 async def test_containers_outlive_a_killed_cli(setup: tuple[Path, str]) -> None:
     root, ref = setup
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KITEBOX_CONFIG": "/nonexistent.json"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = subprocess.Popen(
         [sys.executable, "-m", "app.main", "--root", str(root), "run", "--name", "survivor", ref,
          "sh", "-c", "while true; do echo tick; sleep 0.05; done"],

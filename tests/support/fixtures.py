@@ -118,3 +118,53 @@ def repo_name(request: pytest.FixtureRequest) -> str:
     """``test/<test name>-<n>``: a valid, unique repository name (lowercase, ``[a-z0-9]`` joined by ``-``)."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60].strip("-") or "t"
     return f"test/{slug}-{next(_repo_counter)}"
+
+
+def _free_test_subnet() -> str:
+    """A 10.213.x.0/24 no route of the host uses (tests' own bridges live there)."""
+    import ipaddress
+    import secrets
+
+    from engine.network.netlink import Netlink
+
+    with Netlink() as netlink:
+        used = [r.destination for r in netlink.routes() if r.destination.prefixlen > 0]
+    for _ in range(200):
+        candidate = ipaddress.IPv4Network(f"10.213.{secrets.randbelow(200) + 20}.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return str(candidate)
+    raise AssertionError("no free 10.213.x.0/24 subnet for the test's networks")
+
+
+@pytest.fixture(autouse=True)
+def isolated_kitebox_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own Kitebox config (``KITEBOX_CONFIG``): bridge, nftables table and subnet names
+    unique to the test, so tests never touch a user's ``kitebox0`` and leave nothing behind: the teardown
+    deletes the test's links and table and unmounts the network namespaces under its tmp_path."""
+    import json
+    import os
+    import secrets
+    import subprocess
+
+    tag = f"kbt{secrets.token_hex(3)}"
+    path = tmp_path / "kitebox-config.json"
+    network: dict[str, object] = {"default_bridge": f"{tag}0", "bridge_prefix": f"{tag}-", "table": tag,
+                                  "ip_forward": False}
+    if os.geteuid() == 0:
+        network["default_subnet"] = _free_test_subnet()
+    path.write_text(json.dumps({"network": network}))
+    monkeypatch.setenv("KITEBOX_CONFIG", str(path))
+    yield path
+    if os.geteuid() != 0:
+        return
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(tag):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "ip", tag], capture_output=True)
+    with open("/proc/self/mountinfo") as handle:
+        mounts = [line.split()[4] for line in handle]
+    for mount in reversed(mounts):
+        if mount.startswith(str(tmp_path)) and "/netns/" in mount:
+            subprocess.run(["umount", "--lazy", mount], capture_output=True)
