@@ -1,7 +1,7 @@
 """Kitebox"s engine: the public API every front end (the desktop app, the ``kitebox`` CLI) uses.
 
 Only the names in ``__all__`` are public; everything else in ``engine.*`` is internal and may change.
-Importing this package is cheap: rooms with heavy dependencies (httpx, pyroute2) load on first use.
+Importing this package is cheap: rooms with heavy dependencies (httpx, sqlite3) load on first use.
 
 Attributes load lazily (PEP 562): ``import engine`` costs nothing until a name is used, so a CLI command that
 never touches a registry never imports httpx, and the monitor helper never imports asyncio.

@@ -1,6 +1,6 @@
 """Kitebox's one error tree.
 
-Every failure that leaves the engine is a :class:`KiteboxError`. Foreign errors (httpx, pyroute2,
+Every failure that leaves the engine is a :class:`KiteboxError`. Foreign errors (httpx, netlink,
 ``OSError``, ``sqlite3``) are translated where they are caught, at the boundary of the room that calls the
 foreign library, so front ends only ever catch ``KiteboxError`` and print ``str(err)``: one line that names
 what was wrong (the reference, digest, path, container...).
