@@ -154,3 +154,55 @@ def test_kill_9_during_pull_then_resume(tmp_path: Path, faulty_registry: FaultyR
     ranged = [r for r in faulty_registry.requests if layer in r.target and "range" in {k.lower() for k in r.headers}]
     assert ranged, "the second pull did not resume with a Range request"
     assert kitebox(tmp_path, "images", "-q").stdout.split() == [image.config_digest[7:19]]
+
+
+@pytest.mark.registry
+@pytest.mark.root
+def test_kill_9_mid_unpack_leaves_no_partial_snapshot(
+    tmp_path: Path, faulty_registry: FaultyRegistry, repo_name: str
+) -> None:
+    """The stream is stalled after part of a layer: its files are being written into a temporary snapshot
+    when the CLI is killed. Nothing partial may be visible, and the next pull redoes the layer."""
+    entries = [file(f"f{i:03d}", os.urandom(20_000)) for i in range(100)]
+    image = build_image([make_layer(entries)], compression="none")
+    push_image(faulty_registry.upstream.url, repo_name, "v1", image)
+    layer = image.layers[0].digest
+    faulty_registry.stall(1_500_000, path=f"/blobs/{layer}", times=1)
+    ref = f"{faulty_registry.host}/{repo_name}:v1"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.main", "--root", str(tmp_path), "pull", "-q", ref],
+                            env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    snapshots = tmp_path / "snapshots"
+    deadline = time.monotonic() + 30
+
+    def partial_files() -> int:
+        return sum(1 for _ in snapshots.rglob("f0*")) if snapshots.exists() else 0
+
+    try:
+        while partial_files() < 10:  # the unpack is streaming: files exist while the download is stalled
+            assert proc.poll() is None, "pull ended before it was killed"
+            assert time.monotonic() < deadline, "the layer's files never appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    async_check = subprocess.run(
+        [sys.executable, "-c", (
+            "import asyncio, sys; from pathlib import Path; from engine import Engine\n"
+            "async def main():\n"
+            f"    async with await Engine.open(Path({str(tmp_path)!r})) as e:\n"
+            "        infos = e.snapshotter().walk()\n"
+            "        print(sorted(i.kind for i in infos))\n"
+            "asyncio.run(main())\n")],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+    assert async_check.stdout.strip() == "[]"  # opening cleaned the dead pull's temporary snapshot
+    assert partial_files() == 0
+    again = kitebox(tmp_path, "pull", "-q", ref)
+    assert again.returncode == 0, again.stderr
+    view = tmp_path / "view"
+    view.mkdir()
+    assert kitebox(tmp_path, "image", "mount", ref, str(view)).returncode == 0
+    try:
+        assert sorted(p.name for p in view.iterdir()) == [f"f{i:03d}" for i in range(100)]
+    finally:
+        assert kitebox(tmp_path, "image", "unmount", str(view)).returncode == 0
