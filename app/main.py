@@ -1,4 +1,8 @@
-"""``kitebox`` entry point: the desktop app with no arguments (once it lands), the CLI otherwise."""
+"""``kitebox`` entry point: the desktop app with no command (or ``kitebox gui``), the CLI otherwise.
+
+The dispatch lives in ``app.cli.main.main`` (it parses ``--root``/``--config`` for both); Qt is imported only
+when the app is requested.
+"""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.container_exec import ContainerExecVerbs
 from engine.containers import ContainerRecord, ContainerStore, Status, generate_name, validate_name
 from engine.events import Event, EventBus
 from engine.volumes import VolumeStore, seed_from_layers
@@ -105,7 +106,7 @@ def parse_signal(text: str | int | None, default: int = _signal.SIGTERM) -> int:
         raise errors.InvalidArgument(f"invalid signal: {text}") from None
 
 
-class ContainerManager:
+class ContainerManager(ContainerExecVerbs):
     def __init__(
         self,
         root: Path,
@@ -128,6 +129,7 @@ class ContainerManager:
         self._supervisor_factory = supervisor
         self._networks = networks
         self._lock = asyncio.Lock()
+        self._exec_ids: dict[str, tuple[str, ...]] = {}  # running exec sessions, as last seen by a refresh
 
     async def _supervisor(self) -> Supervisor:
         result: Supervisor = await self._supervisor_factory()
@@ -161,6 +163,7 @@ class ContainerManager:
             return record
         supervisor = await self._supervisor()
         live = await supervisor.state(self.store.dir(record.id))
+        self._exec_ids[record.id] = live.exec_ids
         updated = _apply_live(record, live)
         if updated != record:
             await asyncio.to_thread(self.store.save, updated)
@@ -583,6 +586,8 @@ class ContainerManager:
             "LogPath": str(self.log_path(record)),
             "Name": "/" + record.name,
             "RestartCount": state.restart_count,
+            "ExecIDs": list(self._exec_ids.get(record.id, ())) if state.running and
+            self._exec_ids.get(record.id) else None,
             "Driver": "overlay",
             "Platform": "linux",
             "Mounts": record.mounts,

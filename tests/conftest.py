@@ -20,3 +20,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI"):
         pytest.fail("this test needs root and CI must run as root", pytrace=False)
     pytest.skip("needs root")
+
+# Shared fixtures (real registry, image builders, fault-injecting proxy) live in tests/support/fixtures.py.
+pytest_plugins = ["tests.support.fixtures"]

@@ -124,8 +124,6 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _create_options(args: argparse.Namespace) -> CreateOptions:
-    if args.tty:
-        raise InvalidArgument("--tty: pseudo-terminals come with 'kitebox exec'/'attach' support, not yet here")
     if args.cpus is not None and args.cpus <= 0:
         raise InvalidArgument(f"invalid --cpus value {args.cpus}: must be positive")
     pids = args.pids_limit if args.pids_limit is None or args.pids_limit > 0 else None
@@ -157,6 +155,7 @@ def register(commands: SubCommands, container_group: SubCommands) -> None:
         p.set_defaults(handler=create)
         p = group.add_parser("start", help="Start one or more stopped containers")
         p.add_argument("-a", "--attach", action="store_true", help="Attach STDOUT/STDERR and forward signals")
+        p.add_argument("-i", "--interactive", action="store_true", help="Attach container's STDIN")
         p.add_argument("containers", nargs="+", metavar="CONTAINER")
         p.set_defaults(handler=start)
         for name, handler, help_text in (("stop", stop, "Stop one or more running containers"),
@@ -180,6 +179,11 @@ def register(commands: SubCommands, container_group: SubCommands) -> None:
         p.add_argument("-v", "--volumes", action="store_true", help="Remove anonymous volumes too")
         p.add_argument("containers", nargs="+", metavar="CONTAINER")
         p.set_defaults(handler=rm)
+        p = group.add_parser("attach", help="Attach local standard input, output, and error streams to a running "
+                             "container")
+        p.add_argument("--no-stdin", action="store_true", help="Do not attach STDIN")
+        p.add_argument("container")
+        p.set_defaults(handler=attach)
         p = group.add_parser("rename", help="Rename a container")
         p.add_argument("container")
         p.add_argument("new_name")
@@ -260,18 +264,46 @@ async def run(engine: Engine, args: argparse.Namespace) -> int:
             await engine.containers.start(record.id)
         except KiteboxError as err:
             return await _start_failed(engine, record.id, err, remove=args.rm)
-        stdin_task = asyncio.create_task(_pump_stdin(engine, record.id)) if args.interactive else None
-        try:
-            await _stream_logs(engine, record.id, follow=True)
-            code = await engine.containers.wait(record.id)
-        finally:
-            if stdin_task is not None:
-                stdin_task.cancel()
+        if args.tty:
+            exit_code = await _attach_session(engine, record.id, stdin=args.interactive, replay=True)
+            if exit_code is None:  # detached (Ctrl-P Ctrl-Q): the container keeps running
+                return 0
+            code = exit_code
+        else:
+            stdin_task = asyncio.create_task(_pump_stdin(engine, record.id)) if args.interactive else None
+            try:
+                await _stream_logs(engine, record.id, follow=True)
+                code = await engine.containers.wait(record.id)
+            finally:
+                if stdin_task is not None:
+                    stdin_task.cancel()
     if args.rm:
         # NotFound: removed already by whoever saw it exit first (the engine removes --rm ones on refresh).
         with contextlib.suppress(NotFound):
             await engine.containers.remove(record.id, force=True, volumes=True)
     return code
+
+
+async def _attach_session(engine: Engine, name: str, *, stdin: bool, replay: bool) -> int | None:
+    """Attach our terminal (raw, resized, detach keys) or our stdio to the container's main process; its exit
+    code, or None when the user detached."""
+    from app.cli.exec import interact, terminal_size
+
+    session = await engine.containers.attach(name, replay=replay, size=terminal_size())
+    try:
+        if await interact(session, stdin=stdin):
+            print("read escape sequence", file=sys.stderr)
+            return None
+        return await session.wait()
+    finally:
+        await session.close()
+
+
+async def attach(engine: Engine, args: argparse.Namespace) -> int:
+    record = await engine.containers.get(args.container)
+    code = await _attach_session(engine, record.id, stdin=not args.no_stdin and bool(record.config.get("OpenStdin")),
+                                 replay=False)
+    return 0 if code is None else code
 
 
 async def _start_failed(engine: Engine, container_id: str, err: KiteboxError, *, remove: bool) -> int:
@@ -309,6 +341,9 @@ async def start(engine: Engine, args: argparse.Namespace) -> int:
         if len(args.containers) != 1:
             raise InvalidArgument("you cannot start and attach multiple containers at once")
         record = await engine.containers.start(args.containers[0])
+        if record.config.get("Tty") or args.interactive:
+            code = await _attach_session(engine, record.id, stdin=args.interactive, replay=True)
+            return 0 if code is None else code
         await _stream_logs(engine, record.id, follow=True)
         return await engine.containers.wait(record.id)
     return await _each(args, engine.containers.start)

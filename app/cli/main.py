@@ -66,7 +66,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with ``argv``, only the parsers that command needs are built (help shows all)."""
-    from app.cli import containers, images, networks, system, volumes
+    from app.cli import containers, exec, images, networks, system, volumes
 
     wanted = _command_word(argv) if argv is not None else None
     parser = _Parser(prog=PROG, description="Kitebox: containers without a daemon.")
@@ -88,6 +88,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     commands.add_parser("gui", help="Open the desktop app (also what kitebox does with no command)")
     images.register(commands, image_group)
     containers.register(commands, container_group)
+    exec.register(commands, container_group)
     volumes.register(commands)
     networks.register(commands)
     system.register(commands, image_group)
@@ -96,7 +97,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def _known_commands(action: Any) -> set[str]:
     """Every top-level command name, collected by a dry registration (cheap: nothing is built)."""
-    from app.cli import containers, images, networks, system, volumes
+    from app.cli import containers, exec, images, networks, system, volumes
 
     class Collect:
         def __init__(self) -> None:
@@ -109,6 +110,7 @@ def _known_commands(action: Any) -> set[str]:
     collect = Collect()
     images.register(collect, _Skip())
     containers.register(collect, _Skip())
+    exec.register(collect, _Skip())
     volumes.register(collect)
     networks.register(collect)
     system.register(collect, _Skip())

@@ -21,19 +21,24 @@ The helper exits when its socket reaches EOF (the engine closed or died); monito
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
-from engine.runtime.monitor import Backend, load_backend, run_monitor
+from engine.runtime.backend import Backend, load_backend
+from engine.runtime.monitor import Monitor, log
 from engine.runtime.protocol import SOCKET_FILE, ProtocolError, encode_frame, recv_frame
 
-__all__ = ["BOOTSTRAP", "main", "short_unix_path", "spawn_monitor"]
+__all__ = ["BOOTSTRAP", "main", "run_monitor", "short_unix_path", "spawn_monitor"]
 
 _MAX_SUN_PATH: Final = 107
+_PR_SET_CHILD_SUBREAPER: Final = 36
 
 # Run as ``python -I -S -c BOOTSTRAP <fd> <project dir>``: a bare ``engine`` package object stands in for
 # engine/__init__.py so importing engine.runtime.* loads only what the monitors need.
@@ -106,6 +111,35 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
     if not data.isdigit():
         raise OSError(f"forking the monitor for {container_dir} failed")
     return int(data)
+
+
+def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend) -> NoReturn:
+    """Become the monitor (in a freshly double-forked process): detach stdio, then serve. Never returns."""
+    code = 0
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        logfd = os.open(container_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(logfd, 2)
+        keep = {0, 1, 2, listener.fileno()}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from engine.runtime.syscalls import prctl
+
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        config = json.loads((container_dir / "monitor-config.json").read_bytes())
+        Monitor(container_dir, listener, config, backend).run()
+    except BaseException:
+        log("fatal error:\n" + traceback.format_exc())
+        code = 1
+    os._exit(code)
 
 
 def main(fd: int) -> None:

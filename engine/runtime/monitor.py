@@ -7,8 +7,10 @@ app or CLI that started them exits or crashes. The monitor
 * is the container's parent and a child subreaper; it creates the cgroup, calls ``new_pid_namespace()`` and
   forks the child that runs :func:`engine.runtime.executor.run_container_init`, then learns from the error
   pipe whether exec succeeded (EOF without data) or why it failed (one JSON line);
-* holds the container's stdio pipes, copies stdout/stderr into the json-file log (:mod:`engine.logs`) and to
-  attached clients, and writes ``-i`` input to stdin (a pty is a later seam: :meth:`Monitor._make_stdio`);
+* holds the container's stdio pipes (or the master of its pty, for ``-t``: :mod:`engine.runtime.pty`),
+  copies stdout/stderr into the json-file log (:mod:`engine.logs`) and to attached clients, keeps the recent
+  output for a client attaching right after start, and writes ``-i`` input to stdin;
+* runs ``exec``'d processes in the container (:mod:`engine.runtime.exec`);
 * writes ``monitor.json``, ``state.json`` (per start) and ``exit.json`` (per exit) atomically;
 * serves ``monitor.sock`` (see :mod:`engine.runtime.protocol` for the requests);
 * implements stop (signal, SIGKILL after the timeout), pause (cgroup freezer) and Docker's restart policies
@@ -20,26 +22,27 @@ If the monitor itself is SIGKILLed, the container dies with it (the executor set
 supervisor records "monitor died" when it next looks (:mod:`engine.runtime.supervisor`).
 
 The monitor is single-threaded (one ``selectors`` loop) and imports little, so a forked idle monitor costs a
-few MB. The runtime it drives is a :class:`Backend` named in its configuration, normally
-:class:`RealBackend` (the spec, executor and cgroups rooms); tests may name another one.
+few MB. The runtime it drives is a :class:`~engine.runtime.backend.Backend` named in its configuration,
+normally :class:`~engine.runtime.backend.RealBackend`; tests may name another one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
-import importlib
 import json
 import os
 import selectors
 import signal
 import socket
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final
 
 from engine.logs import LogWriter, StreamLogger
+from engine.runtime.backend import REAL_BACKEND, Backend, CgroupLike, RealBackend, load_backend
+from engine.runtime.exec import ExecSessions, child_guard
 from engine.runtime.protocol import (
     EXIT_FILE,
     MONITOR_FILE,
@@ -52,11 +55,11 @@ from engine.runtime.protocol import (
     rfc3339nano,
     write_json_atomic,
 )
+from engine.runtime.pty import check_size, make_controlling, open_pty, read_master, set_winsize
 
-__all__ = ["REAL_BACKEND", "Backend", "CgroupLike", "Monitor", "RealBackend", "load_backend", "run_monitor"]
+# The backend names are re-exported: monitor configs written before the split name them here.
+__all__ = ["REAL_BACKEND", "Backend", "CgroupLike", "Monitor", "RealBackend", "load_backend"]
 
-REAL_BACKEND: Final = "engine.runtime.monitor:RealBackend"
-_PR_SET_CHILD_SUBREAPER: Final = 36
 _CLONE_NEWPID: Final = 0x20000000
 _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 60.0
@@ -64,66 +67,7 @@ _BACKOFF_RESET_AFTER: Final = 10.0
 _DRAIN_SECONDS: Final = 2.0
 _MAX_CLIENT_BACKLOG: Final = 8 * 1024 * 1024
 _EXIT_CODES: Final = {"not_found": 127, "not_executable": 126}
-
-
-class CgroupLike(Protocol):
-    def create(self, spec: Any) -> None: ...
-    def pids(self) -> list[int]: ...
-    def kill_all(self, sig: int = ...) -> None: ...
-    def freeze(self) -> None: ...
-    def thaw(self) -> None: ...
-    def oom_killed(self) -> bool: ...
-    def destroy(self) -> None: ...
-
-
-class Backend(Protocol):
-    """What the monitor needs from the runtime core; the seam tests use to substitute a stand-in."""
-
-    def load_spec(self, text: str) -> Any: ...
-    def cgroup(self, spec: Any) -> CgroupLike: ...
-    def new_pid_namespace(self) -> None: ...
-    def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int) -> NoReturn: ...
-
-
-class RealBackend:
-    """The production runtime: :mod:`engine.runtime.spec`, ``executor`` and ``cgroups``.
-
-    Constructing it imports them, so the helper loads them once and every forked monitor inherits them."""
-
-    def __init__(self) -> None:
-        import engine.runtime.cgroups
-        import engine.runtime.executor  # type: ignore[import-not-found,unused-ignore]
-        import engine.runtime.spec  # noqa: F401
-
-    def load_spec(self, text: str) -> Any:
-        from engine.runtime.spec import RuntimeSpec
-
-        return RuntimeSpec.from_json(text)
-
-    def cgroup(self, spec: Any) -> CgroupLike:
-        from engine.runtime.cgroups import cgroup_manager
-
-        return cgroup_manager(spec.cgroup)
-
-    def new_pid_namespace(self) -> None:
-        from engine.runtime.executor import new_pid_namespace  # type: ignore[import-not-found,unused-ignore]
-
-        new_pid_namespace()
-
-    def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int) -> NoReturn:
-        from engine.runtime.executor import run_container_init  # type: ignore[import-not-found,unused-ignore]
-
-        run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, error_fd=error_fd)
-        os._exit(125)  # run_container_init never returns; this only satisfies NoReturn
-
-
-def load_backend(ref: str) -> Backend:
-    """``"package.module:ClassName"`` -> an instance (imported once per process)."""
-    module_name, _, attr = ref.partition(":")
-    backend: Backend = getattr(importlib.import_module(module_name), attr)()
-    return backend
+_REPLAY_BYTES: Final = 256 * 1024
 
 
 class _Client:
@@ -151,7 +95,7 @@ class Monitor:
         self.stdin_open: bool = config["stdin_open"]
         self.writer = LogWriter(Path(config["log_path"]), config["log_max_size"], config["log_max_file"])
         self.loggers = {"stdout": StreamLogger(self.writer, "stdout"), "stderr": StreamLogger(self.writer, "stderr")}
-        self.sel = selectors.DefaultSelector()
+        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.clients: dict[int, _Client] = {}
         self.status = "created"
         self.pid: int | None = None
@@ -177,15 +121,31 @@ class Monitor:
         self.cgroup: CgroupLike | None = None
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.terminal = bool(getattr(self.spec.process, "terminal", False))
+        self.master = -1
+        self.recent: collections.deque[bytes] = collections.deque()  # frames since this start, for replay
+        self.recent_bytes = 0
+        self.execs = ExecSessions(self)
 
     # --- process lifecycle ---------------------------------------------------------------------------------
 
     def _make_stdio(self) -> tuple[int, int, int, list[int]]:
         """(stdin, stdout, stderr) for the child plus the child-side fds to close after fork.
 
-        The pty seam: a terminal container gets a pty pair here instead of pipes (exec/TTY issue)."""
-        if getattr(self.spec.process, "terminal", False):
-            raise _StartFailure("failed", "terminal (-t) containers are not supported by this monitor yet")
+        A terminal container gets a pty: the slave is its 0-2, the master is read as ``stdout`` (Docker logs a
+        tty's raw output on that stream) and written for stdin through a duplicate (one fd, one selector key)."""
+        self.recent.clear()
+        self.recent_bytes = 0
+        if self.terminal:
+            self.master, slave = open_pty()
+            self.outputs[self.master] = "stdout"
+            self.sel.register(self.master, selectors.EVENT_READ, "output")
+            if self.stdin_open:
+                self.stdin_w = os.dup(self.master)
+                os.set_blocking(self.stdin_w, False)
+                self.stdin_buf.clear()
+                self.stdin_closing = False
+            return slave, slave, slave, [slave]
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
@@ -214,9 +174,6 @@ class Monitor:
 
                 setns(self.own_pidns, _CLONE_NEWPID)  # a restart needs a fresh namespace again
                 self.backend.new_pid_namespace()
-        except _StartFailure as failure:
-            self._start_failed(failure.kind, failure.message)
-            return
         except Exception as err:
             self._start_failed("failed", str(err) or type(err).__name__)
             return
@@ -233,18 +190,14 @@ class Monitor:
         self.started_mono = time.monotonic()
         self.sel.register(error_r, selectors.EVENT_READ, "error")
 
-    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -> NoReturn:
-        try:
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                        signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -> None:
+        def become_init() -> Any:
+            if self.terminal:
+                make_controlling(stdin_fd)
             self.backend.run_container_init(self.spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
                                             stderr_fd=stderr_fd, error_fd=error_fd)
-        except BaseException as err:  # nothing may unwind into the monitor's loop in the child
-            with contextlib.suppress(BaseException):
-                os.write(error_fd, json.dumps({"kind": "failed", "message": f"container init: {err}"}).encode())
-        os._exit(125)
+
+        child_guard(error_fd, become_init)
 
     def _on_error_pipe(self) -> None:
         data = self.error_buf
@@ -291,6 +244,8 @@ class Monitor:
                 return
             if pid == self.pid:
                 self._on_init_exit(status)
+            else:
+                self.execs.reaped(pid, status)
 
     def _on_init_exit(self, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -313,7 +268,7 @@ class Monitor:
                 oom = self.cgroup.oom_killed()
                 self.cgroup.destroy()
             except Exception as err:
-                _log(f"cleaning up the cgroup failed: {err}")
+                log(f"cleaning up the cgroup failed: {err}")
         self._drain_outputs()
         if self.start_error is not None:
             code = _EXIT_CODES.get(self.start_error["kind"], 125)
@@ -362,7 +317,7 @@ class Monitor:
         write_json_atomic(self.dir / EXIT_FILE, self.last_exit)
         for client in self.clients.values():
             if client.attached:
-                self._send(client, encode_frame({"eof": True}))
+                self.send(client, encode_frame({"eof": True}))
                 client.attached = False
                 client.close_when_flushed = True
         for client in self.stop_waiters:
@@ -387,14 +342,14 @@ class Monitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"status": self.status, "pid": self.pid, "started_at": self.started_at,
-                "restart_count": self.restart_count, "exit": self.last_exit, "monitor_pid": os.getpid()}
+                "restart_count": self.restart_count, "exit": self.last_exit, "monitor_pid": os.getpid(),
+                "exec_ids": self.execs.ids()}
 
     # --- I/O -------------------------------------------------------------------------------------------------
 
     def _on_output(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_master(fd)
+        if data is None:
             return
         if not data:
             self._close_output(fd)
@@ -402,14 +357,20 @@ class Monitor:
         stream = self.outputs[fd]
         self.loggers[stream].feed(data)
         frame = encode_frame({"stream": stream}, data)
+        self.recent.append(frame)
+        self.recent_bytes += len(frame)
+        while self.recent_bytes > _REPLAY_BYTES:
+            self.recent_bytes -= len(self.recent.popleft())
         for client in list(self.clients.values()):
             if client.attached:
-                self._send(client, frame)
+                self.send(client, frame)
 
     def _close_output(self, fd: int) -> None:
         self.sel.unregister(fd)
         os.close(fd)
         del self.outputs[fd]
+        if fd == self.master:
+            self.master = -1
 
     def _flush_stdin(self) -> None:
         if self.stdin_w < 0:
@@ -432,7 +393,7 @@ class Monitor:
             os.close(self.stdin_w)
             self.stdin_w = -1
 
-    def _send(self, client: _Client, data: bytes) -> None:
+    def send(self, client: _Client, data: bytes) -> None:
         if len(client.out) > _MAX_CLIENT_BACKLOG:
             self._drop(client)  # a client that does not read must not stall the container
             return
@@ -440,7 +401,7 @@ class Monitor:
         self._flush_client(client)
 
     def _reply(self, client: _Client, header: dict[str, Any]) -> None:
-        self._send(client, encode_frame(header))
+        self.send(client, encode_frame(header))
 
     def _flush_client(self, client: _Client) -> None:
         fd = client.sock.fileno()
@@ -466,6 +427,7 @@ class Monitor:
             self.sel.unregister(fd)
             self.clients.pop(fd, None)
         client.sock.close()
+        self.execs.client_gone(client)
         for waiters in (self.start_waiters, self.stop_waiters, self.final_waiters):
             if client in waiters:
                 waiters.remove(client)
@@ -487,7 +449,7 @@ class Monitor:
         try:
             frames = client.decoder.feed(data)
         except ProtocolError as err:
-            _log(f"bad request: {err}")
+            log(f"bad request: {err}")
             self._drop(client)
             return
         for header, payload in frames:
@@ -551,23 +513,52 @@ class Monitor:
             self._reply(client, {"ok": True})
         elif op == "attach":
             client.attached = True
-            self._reply(client, {"ok": True})
+            self._reply(client, {"ok": True, "tty": self.terminal})
+            if req.get("replay"):
+                for frame in self.recent:
+                    self.send(client, frame)
+            if live and "rows" in req and self.terminal:
+                self._resize(client, {**req, "quiet": True})
             if not live and self.status != "starting":
                 client.attached = False
-                self._send(client, encode_frame({"eof": True}))
+                self.send(client, encode_frame({"eof": True}))
                 client.close_when_flushed = True
         elif op in ("stdin", "close_stdin"):
             if self.stdin_w < 0 or self.stdin_closing:
-                self._reply(client, {"ok": False, "kind": "conflict", "message": "container stdin is not open"})
+                if not req.get("quiet"):
+                    self._reply(client, {"ok": False, "kind": "conflict", "message": "container stdin is not open"})
                 return
             if op == "stdin":
                 self.stdin_buf += payload
+            elif self.terminal:
+                self.stdin_buf += b"\x04"  # EOF on a terminal is ^D at the start of a line
             else:
                 self.stdin_closing = True
             self._flush_stdin()
-            self._reply(client, {"ok": True})
+            if not req.get("quiet"):
+                self._reply(client, {"ok": True})
+        elif op == "resize" and "exec_id" not in req and not any(s.client is client
+                                                                 for s in self.execs.sessions.values()):
+            self._resize(client, req)
+        elif op == "exec":
+            self.execs.start(client, req.get("exec"))
+        elif op in ("exec_stdin", "exec_close_stdin", "exec_detach", "resize"):
+            self.execs.input(client, op, req, payload)
         else:
             self._reply(client, {"ok": False, "kind": "failed", "message": f"unknown request {op!r}"})
+
+    def _resize(self, client: _Client, req: dict[str, Any]) -> None:
+        """``resize`` of the container's own terminal; answered unless ``quiet``."""
+        try:
+            rows, cols = check_size(req.get("rows"), req.get("cols"))
+            if self.master < 0:
+                raise ValueError("the container has no terminal (it was not created with -t)")
+            set_winsize(self.master, rows, cols)
+        except (ValueError, OSError) as err:
+            self._reply(client, {"ok": False, "kind": "conflict", "message": str(err)})
+            return
+        if not req.get("quiet"):
+            self._reply(client, {"ok": True})
 
     def _signal(self, sig: int, *, thaw: bool) -> None:
         assert self.pid is not None
@@ -579,7 +570,9 @@ class Monitor:
             self.status = "running"
 
     def _on_timer(self, what: str) -> None:
-        if what == "restart":
+        if what.startswith("exec:"):
+            self.execs.on_timer(what)
+        elif what == "restart":
             if self.status == "restarting":
                 self.start_container()
         elif what == f"sigkill:{self.start_seq}" and self.pid is not None:
@@ -647,6 +640,8 @@ class Monitor:
             self._on_output(key.fd)
         elif kind == "stdin":
             self._flush_stdin()
+        elif kind == "exec":
+            self.execs.on_event(key.fd, events)
         elif kind == "client":
             known = self.clients.get(key.fd)
             if known is not None:
@@ -661,43 +656,7 @@ class Monitor:
         self.listener.close()
 
 
-class _StartFailure(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-def _log(message: str) -> None:
+def log(message: str) -> None:
     """Diagnostics go to the monitor's stderr, which is ``<container dir>/monitor.log``."""
     with contextlib.suppress(OSError):
         os.write(2, f"{rfc3339nano()} monitor[{os.getpid()}]: {message}\n".encode())
-
-
-def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend) -> NoReturn:
-    """Become the monitor (in a freshly double-forked process): detach stdio, then serve. Never returns."""
-    code = 0
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-        logfd = os.open(container_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(logfd, 2)
-        keep = {0, 1, 2, listener.fileno()}
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        from engine.runtime.syscalls import prctl
-
-        prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        config = json.loads((container_dir / "monitor-config.json").read_bytes())
-        Monitor(container_dir, listener, config, backend).run()
-    except BaseException:
-        _log("fatal error:\n" + traceback.format_exc())
-        code = 1
-    os._exit(code)

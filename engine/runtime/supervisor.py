@@ -30,7 +30,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from engine.errors import (
     CommandNotExecutable,
@@ -42,8 +42,8 @@ from engine.errors import (
     RuntimeFailure,
 )
 from engine.logs import log_file_path, parse_log_opts
+from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
 from engine.runtime.helper import BOOTSTRAP, short_unix_path
-from engine.runtime.monitor import REAL_BACKEND, Backend, load_backend
 from engine.runtime.protocol import (
     CONFIG_FILE,
     EXIT_FILE,
@@ -60,9 +60,10 @@ from engine.runtime.protocol import (
 )
 
 if TYPE_CHECKING:
+    from engine.runtime.exec import ExecRequest
     from engine.runtime.spec import RuntimeSpec
 
-__all__ = ["ExitInfo", "LiveState", "Supervisor"]
+__all__ = ["AttachSession", "ExecSession", "ExitInfo", "LiveState", "Supervisor"]
 
 Status = Literal["running", "paused", "restarting", "exited", "dead"]
 _POLICIES = ("no", "always", "unless-stopped", "on-failure")
@@ -87,6 +88,7 @@ class LiveState:
     exit: ExitInfo | None
     restart_count: int
     monitor_pid: int | None
+    exec_ids: tuple[str, ...] = ()
 
 
 def _exit_info(raw: Mapping[str, Any] | None) -> ExitInfo | None:
@@ -103,7 +105,8 @@ def _live_state(raw: Mapping[str, Any]) -> LiveState:
     if status not in ("running", "paused", "restarting", "exited", "dead"):
         status = "dead"
     return LiveState(status, raw.get("pid"), raw.get("started_at"), _exit_info(raw.get("exit")),  # type: ignore[arg-type]
-                     int(raw.get("restart_count", 0)), raw.get("monitor_pid"))
+                     int(raw.get("restart_count", 0)), raw.get("monitor_pid"),
+                     tuple(str(i) for i in raw.get("exec_ids") or ()))
 
 
 def _raise_for(name: str, reply: Mapping[str, Any]) -> None:
@@ -116,6 +119,8 @@ def _raise_for(name: str, reply: Mapping[str, Any]) -> None:
         raise CommandNotExecutable(message)
     if kind == "conflict":
         raise Conflict(message)
+    if kind == "invalid":
+        raise InvalidArgument(message)
     raise RuntimeFailure(message)
 
 
@@ -145,6 +150,132 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _Session:
+    """Byte streams of one process over a monitor connection (see :class:`ExecSession`, :class:`AttachSession`).
+
+    ``read()`` returns the next chunk of output (stdout and stderr alike; a terminal has only one stream) and
+    ``b""`` at the end; ``read_stream()`` says which stream it came from. ``write``/``resize``/``close_stdin``
+    never wait for the process. One reader at a time; writers may run concurrently with it."""
+
+    _input_op = "stdin"
+    _close_op = "close_stdin"
+
+    def __init__(self, conn: _Connection, name: str, tty: bool) -> None:
+        self._conn = conn
+        self._name = name
+        self.tty = tty
+        self._ended = False
+        self._exit: int | None = None
+
+    async def read_stream(self) -> tuple[str, bytes] | None:
+        """``("stdout"|"stderr", bytes)``; None once the process has ended (or the monitor went away)."""
+        while not self._ended:
+            frame = await self._conn.recv()
+            if frame is None:
+                self._ended = True
+                break
+            header, payload = frame
+            if "stream" in header:
+                return str(header["stream"]), payload
+            if "exit" in header:
+                self._exit = int(header["exit"])
+                self._ended = True
+            elif header.get("eof"):
+                self._ended = True
+            elif header.get("ok") is False:
+                _raise_for(self._name, header)
+        return None
+
+    async def read(self) -> bytes:
+        frame = await self.read_stream()
+        return b"" if frame is None else frame[1]
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while data := await self.read():
+            yield data
+
+    async def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        try:
+            await self._conn.send({**header, "quiet": True}, payload)
+        except ConnectionError as err:
+            raise Conflict(f"container {self._name}: the session has ended") from err
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the process's stdin (its terminal, with ``tty``)."""
+        if data:
+            await self._send({"op": self._input_op}, data)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal size (the process gets SIGWINCH)."""
+        if not all(isinstance(v, int) and 0 < v < 65536 for v in (rows, cols)):
+            raise InvalidArgument(f"invalid terminal size {rows}x{cols}: rows and columns must be 1-65535")
+        await self._send({"op": "resize", "rows": rows, "cols": cols})
+
+    async def close_stdin(self) -> None:
+        """End of input (``^D`` on a terminal)."""
+        await self._send({"op": self._close_op})
+
+    async def close(self) -> None:
+        """Disconnect. Idempotent."""
+        self._conn.close()
+        with contextlib.suppress(ConnectionError):
+            await self._conn.writer.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class ExecSession(_Session):
+    """An exec'd process: ``id`` (Docker's exec id), ``pid`` (on the host). Closing the session before the
+    process ends hangs its terminal up (or closes its pipes), unless :meth:`detach` was called."""
+
+    _input_op = "exec_stdin"
+    _close_op = "exec_close_stdin"
+
+    def __init__(self, conn: _Connection, name: str, tty: bool, exec_id: str, pid: int) -> None:
+        super().__init__(conn, name, tty)
+        self.id = exec_id
+        self.pid = pid
+
+    async def wait(self) -> int:
+        """The process's exit code (128+n when killed by signal n); output not yet read is discarded."""
+        while await self.read_stream() is not None:
+            pass
+        if self._exit is None:
+            raise RuntimeFailure(f"container {self._name}: its monitor went away before exec {self.id[:12]} "
+                                 "ended")
+        return self._exit
+
+    async def detach(self) -> None:
+        """Leave the process running on its own (output discarded from now on), then disconnect."""
+        with contextlib.suppress(Conflict):
+            await self._send({"op": "exec_detach"})
+        await self.close()
+
+
+class AttachSession(_Session):
+    """The container's main process: its output from now on (with ``replay``, also what it printed since it
+    started, up to 256 KiB), input when it was created with ``-i``. Closing (detaching) leaves it running."""
+
+    def __init__(self, conn: _Connection, name: str, tty: bool, supervisor: Supervisor, container_dir: Path
+                 ) -> None:
+        super().__init__(conn, name, tty)
+        self._supervisor = supervisor
+        self._dir = container_dir
+
+    async def wait(self) -> int:
+        """Until the container stops for good; its exit code."""
+        while await self.read_stream() is not None:
+            pass
+        return (await self._supervisor.wait(self._dir)).exit_code
 
 
 class Supervisor:
@@ -366,6 +497,57 @@ class Supervisor:
                     _raise_for(container_dir.name, header)
         finally:
             conn.close()
+
+    async def exec(self, container_dir: Path, request: ExecRequest) -> ExecSession:
+        """Start ``request`` in the running container; returns once it has been exec'd (a detached one's
+        session is already closed). CommandNotFound / CommandNotExecutable / Conflict (not running, paused) /
+        InvalidArgument / RuntimeFailure otherwise."""
+        name = container_dir.name
+        conn = await self._connect(container_dir)
+        if conn is None:
+            raise Conflict(f"container {name} is not running")
+        try:
+            await conn.send({"op": "exec", "exec": request.to_dict()})
+            frame = await conn.recv()
+            if frame is None:
+                raise Conflict(f"container {name} is not running")
+            _raise_for(name, frame[0])
+        except BaseException:
+            conn.close()
+            raise
+        session = ExecSession(conn, name, request.tty, str(frame[0]["exec_id"]), int(frame[0]["pid"]))
+        if request.detach:
+            await session.close()
+        return session
+
+    async def attach(self, container_dir: Path, *, replay: bool = False, size: tuple[int, int] | None = None
+                     ) -> AttachSession:
+        """Attach to the container's main process (see :class:`AttachSession`); ``size`` resizes its terminal.
+        Conflict when no monitor runs for it."""
+        name = container_dir.name
+        conn = await self._connect(container_dir)
+        if conn is None:
+            raise Conflict(f"container {name} is not running")
+        header: dict[str, Any] = {"op": "attach", "replay": replay}
+        if size is not None:
+            header.update(rows=size[0], cols=size[1])
+        try:
+            await conn.send(header)
+            frame = await conn.recv()
+            if frame is None:
+                raise Conflict(f"container {name} is not running")
+            _raise_for(name, frame[0])
+        except BaseException:
+            conn.close()
+            raise
+        return AttachSession(conn, name, bool(frame[0].get("tty")), self, container_dir)
+
+    async def resize(self, container_dir: Path, rows: int, cols: int) -> None:
+        """Resize the terminal of a ``-t`` container (Conflict when it has none or is not running)."""
+        reply = await self._request(container_dir, {"op": "resize", "rows": rows, "cols": cols})
+        if reply is None:
+            raise Conflict(f"container {container_dir.name} is not running")
+        _raise_for(container_dir.name, reply)
 
     # --- files -----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""The seam between a container monitor and the runtime core it drives.
+
+A monitor (:mod:`engine.runtime.monitor`) needs four things from the runtime: parse a spec, manage the
+container's cgroup, make a pid namespace, and become the container's init (or an exec'd process) in a forked
+child. :class:`Backend` names them; :class:`RealBackend` is the production implementation over the spec,
+executor, exec and cgroups rooms; tests may name a stand-in (``"module:Class"``) in the monitor's config.
+
+Standard library only at import time: every forked monitor imports this.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Final, NoReturn, Protocol
+
+__all__ = ["REAL_BACKEND", "Backend", "CgroupLike", "RealBackend", "load_backend"]
+
+REAL_BACKEND: Final = "engine.runtime.backend:RealBackend"
+
+
+class CgroupLike(Protocol):
+    def create(self, spec: Any) -> None: ...
+    def join_self(self) -> None: ...
+    def pids(self) -> list[int]: ...
+    def kill_all(self, sig: int = ...) -> None: ...
+    def freeze(self) -> None: ...
+    def thaw(self) -> None: ...
+    def oom_killed(self) -> bool: ...
+    def destroy(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What the monitor needs from the runtime core; the seam tests use to substitute a stand-in."""
+
+    def load_spec(self, text: str) -> Any: ...
+    def cgroup(self, spec: Any) -> CgroupLike: ...
+    def new_pid_namespace(self) -> None: ...
+    def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
+                           error_fd: int) -> NoReturn: ...
+    def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,
+                 stdout_fd: int, stderr_fd: int, error_fd: int) -> NoReturn: ...
+
+
+class RealBackend:
+    """The production runtime: :mod:`engine.runtime.spec`, ``executor``, ``exec`` and ``cgroups``.
+
+    Constructing it imports them, so the helper loads them once and every forked monitor inherits them."""
+
+    def __init__(self) -> None:
+        import engine.runtime.cgroups
+        import engine.runtime.exec
+        import engine.runtime.executor
+        import engine.runtime.spec  # noqa: F401
+
+    def load_spec(self, text: str) -> Any:
+        from engine.runtime.spec import RuntimeSpec
+
+        return RuntimeSpec.from_json(text)
+
+    def cgroup(self, spec: Any) -> CgroupLike:
+        from engine.runtime.cgroups import cgroup_manager
+
+        return cgroup_manager(spec.cgroup)
+
+    def new_pid_namespace(self) -> None:
+        from engine.runtime.executor import new_pid_namespace
+
+        new_pid_namespace()
+
+    def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
+                           error_fd: int) -> NoReturn:
+        from engine.runtime.executor import run_container_init
+
+        run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, error_fd=error_fd)
+        os._exit(125)  # run_container_init never returns; this only satisfies NoReturn
+
+    def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,
+                 stdout_fd: int, stderr_fd: int, error_fd: int) -> NoReturn:
+        from engine.runtime.exec import ExecRequest, run_exec
+
+        run_exec(spec, ExecRequest.from_dict(request), init_pid=init_pid, cgroup=cgroup, stdin_fd=stdin_fd,
+                 stdout_fd=stdout_fd, stderr_fd=stderr_fd, error_fd=error_fd)
+
+
+def load_backend(ref: str) -> Backend:
+    """``"package.module:ClassName"`` -> an instance (imported once per process)."""
+    module_name, _, attr = ref.partition(":")
+    backend: Backend = getattr(importlib.import_module(module_name), attr)()
+    return backend
