@@ -117,7 +117,7 @@ class ContainerManager(ContainerExecVerbs):
         snapshotter: Callable[[], Snapshotter],
         unpack: Callable[[str], Any],
         supervisor: Callable[[], Any],
-        networks: NetworkManager,
+        networks: Callable[[], NetworkManager],
     ) -> None:
         self.store = ContainerStore(root / "containers")
         self.volumes = VolumeStore(root / "volumes")
@@ -127,7 +127,7 @@ class ContainerManager(ContainerExecVerbs):
         self._snapshotter = snapshotter
         self._unpack = unpack
         self._supervisor_factory = supervisor
-        self._networks = networks
+        self._network_manager = networks
         self._lock = asyncio.Lock()
         self._exec_ids: dict[str, tuple[str, ...]] = {}  # running exec sessions, as last seen by a refresh
 
@@ -169,7 +169,7 @@ class ContainerManager(ContainerExecVerbs):
             await asyncio.to_thread(self.store.save, updated)
             if record.state.running and not updated.state.running:
                 # Stopped for good (a restart keeps its namespace): its address, veth and ports go.
-                await self._networks.release(record.id)
+                await self._release_network(record)
                 updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})
                 await asyncio.to_thread(self.store.save, updated)
                 self._publish(updated, "die", exitCode=str(updated.state.exit_code))
@@ -208,7 +208,7 @@ class ContainerManager(ContainerExecVerbs):
 
         network = "bridge" if options.network == "default" else options.network
         if network not in ("none", "host", "bridge"):
-            await self._networks.inspect(network)  # NotFound: "network X not found"
+            await self._network_manager().inspect(network)  # NotFound: "network X not found"
         if network in ("none", "host") and (options.publish or options.publish_all or options.network_aliases):
             raise errors.InvalidArgument(f"published ports and aliases need a bridge network, not {network}")
         bindings = [b.to_json() for spec in options.publish for b in parse_publish(spec)]
@@ -241,7 +241,7 @@ class ContainerManager(ContainerExecVerbs):
                 privileged=options.privileged, cap_add=options.cap_add, cap_drop=options.cap_drop,
                 tty=options.tty, stdin_open=options.stdin_open, network=network,
                 netns_path=None if network in ("none", "host") else
-                str(self._networks.netns_path(container_id)),
+                str(self._network_manager().netns_path(container_id)),
                 stop_signal=options.stop_signal,
             )
             spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
@@ -376,7 +376,7 @@ class ContainerManager(ContainerExecVerbs):
                 stdin_open=bool(record.config.get("OpenStdin")),
             )
         except errors.KiteboxError as err:
-            await self._networks.release(record.id)
+            await self._release_network(record)
             failed = record.with_state(status=Status.EXITED if record.state.status != Status.CREATED
                                        else Status.CREATED, exit_code=err.exit_code, error=str(err))
             if isinstance(err, errors.CommandNotFound | errors.CommandNotExecutable):
@@ -388,13 +388,28 @@ class ContainerManager(ContainerExecVerbs):
         self._publish(updated, "start")
         return updated
 
+    @staticmethod
+    def _needs_network_room(record: ContainerRecord) -> bool:
+        """``none``/``host`` without ``--dns``/``--add-host`` need nothing from the network room (not loaded)."""
+        host = record.host_config
+        return host.get("NetworkMode") not in ("none", "host") or bool(host.get("Dns") or host.get("ExtraHosts"))
+
+    async def _release_network(self, record: ContainerRecord) -> None:
+        """Undo ``_attach_network``."""
+        if self._needs_network_room(record):
+            await self._network_manager().release(record.id)
+
     async def _attach_network(self, record: ContainerRecord, hostname: str) -> dict[str, Any] | None:
         """Give the container its network before its process starts; returns NetworkSettings for inspect."""
         from engine.network import PortBinding
 
         host = record.host_config
         mode = host.get("NetworkMode", "none")
-        attachment = await self._networks.prepare(
+        if not self._needs_network_room(record):
+            return {"Networks": {mode: {"NetworkID": mode, "EndpointID": "", "Gateway": "", "IPAddress": "",
+                                        "IPPrefixLen": 0, "MacAddress": "", "Aliases": None}},
+                    "IPAddress": "", "Gateway": "", "MacAddress": "", "Ports": {}}
+        attachment = await self._network_manager().prepare(
             record.id, name=record.name, hostname=hostname,
             networks=[(mode, tuple(host.get("NetworkAliases") or ()))],
             ports=[PortBinding.from_json(b) for b in host.get("PortBindings") or []],
@@ -482,7 +497,7 @@ class ContainerManager(ContainerExecVerbs):
         removing = record.with_state(status=Status.REMOVING)
         with contextlib.suppress(errors.NotFound):
             await asyncio.to_thread(self.store.save, removing)
-        await self._networks.release(record.id)
+        await self._release_network(record)
         snapshotter = self._snapshotter()
         with contextlib.suppress(errors.NotFound):
             await asyncio.to_thread(snapshotter.remove, record.snapshot_key)

@@ -30,6 +30,7 @@ from engine.reference import Reference, parse_reference
 if TYPE_CHECKING:
     import httpx
 
+    from engine.network import NetworkManager
     from engine.pull import PullResult
     from engine.registry import CredentialStore, RegistryClient
     from engine.runtime.supervisor import Supervisor
@@ -65,18 +66,7 @@ class Engine:
         self._supervisor: Supervisor | None = None
         self._supervisor_lock = asyncio.Lock()
         self._image_lock = asyncio.Lock()
-        from engine.network import NetworkManager
-
-        net = config.network
-        self.networks = NetworkManager(
-            root,
-            default_bridge=net.default_bridge,
-            bridge_prefix=net.bridge_prefix,
-            table=net.table,
-            default_subnet=net.default_subnet or None,
-            ip_forward=net.ip_forward,
-        )
-        """Networks (``create``, ``list``, ``inspect``, ``remove``, ``connect``...): see ``NetworkManager``."""
+        self._networks: NetworkManager | None = None
         self.containers = ContainerManager(
             root,
             images=self._images,
@@ -85,7 +75,7 @@ class Engine:
             snapshotter=self.snapshotter,
             unpack=self.unpack,
             supervisor=self._open_supervisor,
-            networks=self.networks,
+            networks=lambda: self.networks,
         )
         """Container verbs (``create``, ``start``, ``stop``, ``list``, ``logs``...): see ``ContainerManager``."""
 
@@ -98,8 +88,13 @@ class Engine:
         *,
         config: Config | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        recover: bool = True,
     ) -> Engine:
-        """Open (creating if needed) the state under ``root`` (default: see ``engine.config.default_root``)."""
+        """Open (creating if needed) the state under ``root`` (default: see ``engine.config.default_root``).
+
+        With ``recover`` (the default) containers whose monitor is gone (the host rebooted, a monitor was
+        killed) are reconciled and ``always``/``unless-stopped`` ones started again: see ``recover``.
+        """
         root = (root or default_root()).absolute()
         config = config or load_config()
         try:
@@ -109,6 +104,12 @@ class Engine:
             raise errors.from_oserror(err, f"state root {root}") from err
         engine = await asyncio.to_thread(cls, root, config, transport=transport)
         engine._bus.bind_loop(asyncio.get_running_loop())
+        if recover:
+            try:
+                await engine.recover()
+            except BaseException:
+                await engine.close()
+                raise
         return engine
 
     async def close(self) -> None:
@@ -119,7 +120,8 @@ class Engine:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        self.networks.close()
+        if self._networks is not None:
+            self._networks.close()
         self._images.close()
         self._bus.close()
 
@@ -132,6 +134,26 @@ class Engine:
     def events(self) -> AsyncIterator[Event | PullProgress]:
         """Every event from now on (lifecycle events and pull progress), until the engine closes."""
         return self._bus.subscribe()
+
+    @property
+    def networks(self) -> NetworkManager:
+        """Networks (``create``, ``list``, ``inspect``, ``remove``, ``connect``...): see ``NetworkManager``.
+
+        Created on first use: commands that never touch a network (``run --network none``) never load it.
+        """
+        if self._networks is None:
+            from engine.network import NetworkManager
+
+            net = self.config.network
+            self._networks = NetworkManager(
+                self.root,
+                default_bridge=net.default_bridge,
+                bridge_prefix=net.bridge_prefix,
+                table=net.table,
+                default_subnet=net.default_subnet or None,
+                ip_forward=net.ip_forward,
+            )
+        return self._networks
 
     async def _open_supervisor(self) -> Supervisor:
         async with self._supervisor_lock:
@@ -178,6 +200,9 @@ class Engine:
         live: list[str] = []
         for record in await asyncio.to_thread(self.containers.store.all):
             if not record.state.running:
+                continue
+            if await asyncio.to_thread(_monitor_alive, self.containers.store.dir(record.id)):
+                live.append(record.id)  # the common case, checked without talking to the monitor
                 continue
             refreshed = await self.containers.get(record.id)
             policy = refreshed.host_config.get("RestartPolicy", {}).get("Name")
@@ -603,6 +628,21 @@ class Engine:
             "Root": str(self.root),
             "Pid": str(os.getpid()),
         }
+
+
+def _monitor_alive(bundle: Path) -> bool:
+    """Is the container's monitor (per its ``monitor.json``) still running, on this boot?"""
+    import json
+
+    try:
+        info = json.loads((bundle / "monitor.json").read_text())
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            if info.get("boot_id") != handle.read().strip():
+                return False
+        os.kill(int(info["monitor_pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _view_key(target: Path) -> str:

@@ -114,7 +114,7 @@ def _known_commands(action: Any) -> set[str]:
     volumes.register(collect)
     networks.register(collect)
     system.register(collect, _Skip())
-    return collect.names | {"image", "container"}
+    return collect.names | {"image", "container", "gui"}
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -132,14 +132,15 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    if not argv:
-        # Until the desktop app lands, no arguments means help.
-        parser.print_help()
-        return 0
     args = parser.parse_args(argv)
     if args.version:
         print(f"Kitebox version {VERSION}")
         return 0
+    if args.command in (None, "gui"):
+        # The desktop app; Qt is imported only here, so every other command starts fast.
+        from app.gui.app import run as run_gui
+
+        return run_gui(args.root, args.config)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0

@@ -114,10 +114,7 @@ def _apply_sgr(style: Style, text: str) -> Style:
         i += 1
         if code in (38, 48, 58):
             # Extended colour: either colon sub-parameters in this group, or the following semicolon fields.
-            if len(group) > 1:
-                args = group[1:]
-            else:
-                args = [g[0] for g in groups[i : i + 4]]
+            args = group[1:] if len(group) > 1 else [g[0] for g in groups[i : i + 4]]
             colour, used = _extended_colour(args, colon=len(group) > 1)
             if len(group) == 1:
                 i += used

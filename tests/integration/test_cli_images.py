@@ -27,10 +27,10 @@ def kitebox(root: Path, *args: str, stdin: str | None = None, timeout: float = 6
     )
 
 
-def test_no_arguments_prints_help(tmp_path: Path) -> None:
-    result = kitebox(tmp_path)
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = kitebox(tmp_path, "--help")
     assert result.returncode == 0
-    assert "pull" in result.stdout and "images" in result.stdout
+    assert "pull" in result.stdout and "images" in result.stdout and "gui" in result.stdout
 
 
 def test_usage_error_exits_125(tmp_path: Path) -> None:
