@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from engine.logs import LogRecord, parse_time_arg
     from engine.network.ports import format_ports
     from engine.reference import Reference, parse_reference
+    from engine.runtime.changes import Change
+    from engine.runtime.stats import ProcessRow, StatsSample
+    from engine.runtime.supervisor import AttachSession, ExecSession
 
 _LOCATIONS: dict[str, str] = {
     "AuthError": "engine.errors",
@@ -67,6 +70,11 @@ _LOCATIONS: dict[str, str] = {
     "LogRecord": "engine.logs",
     "parse_time_arg": "engine.logs",
     "format_ports": "engine.network.ports",
+    "Change": "engine.runtime.changes",
+    "ProcessRow": "engine.runtime.stats",
+    "StatsSample": "engine.runtime.stats",
+    "AttachSession": "engine.runtime.supervisor",
+    "ExecSession": "engine.runtime.supervisor",
     "LayerRejected": "engine.errors",
     "LimitExceeded": "engine.errors",
     "Limits": "engine.config",
@@ -105,7 +113,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "VERSION",
+    "AttachSession",
     "AuthError",
+    "Change",
     "CommandNotExecutable",
     "CommandNotFound",
     "Config",
@@ -117,6 +127,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "Event",
+    "ExecSession",
     "ImageRecord",
     "InvalidArgument",
     "InvalidReference",
@@ -130,6 +141,7 @@ __all__ = [
     "ManifestInvalid",
     "ManifestUnknown",
     "NotFound",
+    "ProcessRow",
     "PullProgress",
     "Reference",
     "RegistryConfig",
@@ -137,6 +149,7 @@ __all__ = [
     "RegistryUnavailable",
     "RemovedImage",
     "RuntimeFailure",
+    "StatsSample",
     "Status",
     "StoreError",
     "UserError",

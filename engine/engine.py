@@ -639,10 +639,12 @@ def _monitor_alive(bundle: Path) -> bool:
         with open("/proc/sys/kernel/random/boot_id") as handle:
             if info.get("boot_id") != handle.read().strip():
                 return False
-        os.kill(int(info["monitor_pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(f"/proc/{int(info['monitor_pid'])}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
-    return True
+    # A killed monitor may linger as a zombie when nothing reaps orphans (a container as PID 1's child).
+    return state not in ("Z", "X")
 
 
 def _view_key(target: Path) -> str:
