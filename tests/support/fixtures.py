@@ -137,7 +137,9 @@ def _free_test_subnet() -> str:
 
 
 @pytest.fixture(autouse=True)
-def isolated_kitebox_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_kitebox_config(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Every test gets its own Kitebox config (``KITEBOX_CONFIG``): bridge, nftables table and subnet names
     unique to the test, so tests never touch a user's ``kitebox0`` and leave nothing behind: the teardown
     deletes the test's links and table and unmounts the network namespaces under its tmp_path."""
@@ -147,7 +149,7 @@ def isolated_kitebox_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     import subprocess
 
     tag = f"kbt{secrets.token_hex(3)}"
-    path = tmp_path / "kitebox-config.json"
+    path = tmp_path_factory.mktemp("kitebox-config") / "config.json"  # not in tmp_path: tests list it
     network: dict[str, object] = {"default_bridge": f"{tag}0", "bridge_prefix": f"{tag}-", "table": tag,
                                   "ip_forward": False}
     if os.geteuid() == 0:
