@@ -31,7 +31,6 @@ from engine import (
     InvalidArgument,
     KiteboxError,
     NotFound,
-    format_ports,
     parse_time_arg,
 )
 
@@ -432,6 +431,8 @@ def _matches(record: ContainerRecord, filters: list[str]) -> bool:
 
 
 async def ps(engine: Engine, args: argparse.Namespace) -> int:
+    from engine import format_ports  # loads the network room: only ps needs it here
+
     filters = list(args.filter or [])
     show_all = args.all or any(f.startswith("status=") for f in filters)
     records = [r for r in await engine.containers.list(all_containers=show_all) if _matches(r, filters)]
