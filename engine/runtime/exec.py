@@ -165,6 +165,10 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
     from engine.runtime.spec import CapabilitySet
 
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
+    # Seccomp: the container's filter (Docker applies it to exec'd processes too, --privileged or not); get the
+    # program before joining the container's mount namespace hides the host's libseccomp.
+    from engine.runtime import seccomp
+    seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
     if request.tty:
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -196,6 +200,8 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
     syscalls.close_range(error_fd + 1, 0xFFFFFFFF)
     if process.no_new_privileges:
         syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp_program is not None and not process.no_new_privileges:
+        seccomp.load_filter(seccomp_program)  # needs CAP_SYS_ADMIN without no_new_privs: before the caps change
     caps = process.capabilities
     if request.privileged:
         caps = CapabilitySet(ALL_CAPS, ALL_CAPS, ALL_CAPS)
@@ -214,6 +220,8 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
     _enter_workdir(request.cwd or process.cwd)
     syscalls.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     path = _lookup(request.args[0], env)
+    if seccomp_program is not None and process.no_new_privileges:
+        seccomp.load_filter(seccomp_program)  # with no_new_privs: as late as possible, right before exec (runc)
     try:
         os.execve(path, list(request.args), dict(_split_env(env)))
     except OSError as err:

@@ -13,7 +13,8 @@ destinations resolved *inside* the root (openat2 ``RESOLVE_IN_ROOT``, mount thro
 CVE-2021-30465); populate /dev by bind-mounting the host's device nodes (verified to be the real devices);
 set the hostname; pivot_root and detach the old root; sysctls; masked paths (only after checking /dev/null is
 char 1:3 -- CVE-2025-31133) and read-only paths; read-only root; rlimits; create the working directory; close
-every fd but 0-2 and ``error_fd`` (CVE-2024-21626); no_new_privs; drop the bounding set; switch user keeping
+every fd but 0-2 and ``error_fd`` (CVE-2024-21626); no_new_privs; the seccomp filter (compiled first thing,
+loaded here -- or right before execve with no_new_privs); drop the bounding set; switch user keeping
 capabilities; set capabilities; chdir (as the user) and verify the cwd is inside the root; parent-death
 signal; look the command up in the container's PATH; execve.
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from engine.errors import CommandNotExecutable, CommandNotFound, KiteboxError
-from engine.runtime import syscalls
+from engine.runtime import seccomp, syscalls
 from engine.runtime.caps import PR_SET_KEEPCAPS, apply_capabilities, caps_mask, drop_bounding, last_cap
 from engine.runtime.cgroups import cgroup_manager, detect_cgroup_mode, v1_hierarchies
 from engine.runtime.spec import CapabilitySet, MountSpec, RootMount, RuntimeSpec
@@ -132,6 +133,8 @@ def _setup_stdio(stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -
 
 def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -> NoReturn:
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
+    # Seccomp: get the program while the host's libseccomp and the container dir are reachable; loaded below.
+    seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
     mode = detect_cgroup_mode()
     hierarchies = v1_hierarchies() if mode != "v2" else {}
     if spec.cgroup.path:
@@ -185,6 +188,9 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
 
     if process.no_new_privileges:
         syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp_program is not None and not process.no_new_privileges:
+        # Seccomp without no_new_privs needs CAP_SYS_ADMIN: load it before the capabilities go (runc's order).
+        seccomp.load_filter(seccomp_program)
     drop_bounding(process.capabilities, last_cap())  # before setuid: needs CAP_SETPCAP
     syscalls.prctl(PR_SET_KEEPCAPS, 1)
     os.setgroups(list(process.additional_gids))
@@ -201,6 +207,8 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
     syscalls.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     env = list(process.env)
     path = _lookup(process.args[0], env)
+    if seccomp_program is not None and process.no_new_privileges:
+        seccomp.load_filter(seccomp_program)  # with no_new_privs: as late as possible, right before exec (runc)
     try:
         os.execve(path, list(process.args), dict(_split_env(env)))
     except OSError as err:

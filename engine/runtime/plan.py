@@ -13,8 +13,9 @@ Docker's rules, so images behave as they do under Docker (references: moby ``dae
   sysctls), a bridge network the namespace ``netns_path`` prepared by :mod:`engine.network`;
 * hostname defaults to the first 12 characters of the id; /etc/hostname, /etc/hosts and /etc/resolv.conf are
   generated in ``bundle_dir`` and bind-mounted (a user mount at the same path wins);
-* Docker's default mounts, masked and read-only paths, 14 capabilities; ``--privileged`` gives every
-  capability, a writable /sys and cgroup mount, and no masking;
+* Docker's default mounts, masked and read-only paths, 14 capabilities, Docker's default seccomp profile for
+  those capabilities (:mod:`engine.runtime.seccomp`); ``--privileged`` gives every capability, a writable /sys
+  and cgroup mount, no masking and no seccomp filter;
 * cgroup limits: ``--memory`` (swap defaults to twice the memory), ``--cpus`` (quota over a 100ms period),
   ``--pids-limit``.
 
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 from engine.errors import InvalidArgument, StoreError
 from engine.runtime.caps import ALL_CAPS, DEFAULT_CAPS, tweak_caps
+from engine.runtime.seccomp import default_profile, program_for
 from engine.runtime.spec import CapabilitySet, CgroupSpec, MountSpec, ProcessSpec, RootMount, RootSpec, RuntimeSpec
 from engine.runtime.users import read_in_root, resolve_user
 
@@ -110,6 +112,7 @@ class RunOptions:
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
     cpu_shares: int | None = None
+    seccomp: bool = True  # Docker's default seccomp profile; False is --security-opt seccomp=unconfined
 
 
 class _MountLike(Protocol):
@@ -391,6 +394,12 @@ def plan_container(
         root = RootSpec(str(rootfs), options.read_only, ())
 
     # The net sysctls are per network namespace: never set them in the host's (--network host).
+    # Seccomp: Docker's default profile for the bounding set (moby setupSeccomp), none when privileged; the
+    # program is compiled now into the container's directory, so starting the container only loads it.
+    seccomp = None
+    if options.seccomp and not options.privileged:
+        seccomp = default_profile(caps, os.uname().machine)
+        program_for(seccomp, str(bundle_dir))
     host_network = options.network == "host"
     sysctl = {} if host_network else {"net.ipv4.ping_group_range": "0 2147483647",
                                       "net.ipv4.ip_unprivileged_port_start": "0"}
@@ -400,5 +409,5 @@ def plan_container(
         masked_paths=() if options.privileged else DEFAULT_MASKED_PATHS,
         readonly_paths=() if options.privileged else DEFAULT_READONLY_PATHS,
         sysctl=sysctl, cgroup=_cgroup(container_id, options, cgroup_parent), privileged=options.privileged,
-        netns_path=options.netns_path,
+        netns_path=options.netns_path, seccomp=seccomp, seccomp_cache_dir=str(bundle_dir) if seccomp else None,
     )

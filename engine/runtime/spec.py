@@ -1,7 +1,7 @@
 """The runtime spec: everything the executor needs to start one container, as plain data.
 
 Shaped after the OCI runtime spec (process, root, mounts, namespaces, masked/readonly paths, sysctls, cgroup
-resources) but reduced to what Kitebox uses. The planner (:mod:`engine.runtime.plan`) builds it; the executor
+resources, seccomp) but reduced to what Kitebox uses. The planner (:mod:`engine.runtime.plan`) builds it; the executor
 (:mod:`engine.runtime.executor`) applies it in a fresh process; it is stored with the container as
 ``spec.json``. ``to_json()``/``from_json()`` round-trip exactly (``from_json(x.to_json()) == x``), and
 ``from_json`` refuses malformed input with :class:`~engine.errors.InvalidArgument` naming the bad field.
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import InvalidArgument
+from engine.runtime.seccomp import SeccompProfile
 
 __all__ = [
     "CapabilitySet",
@@ -113,6 +114,11 @@ class RuntimeSpec:
     cgroup: CgroupSpec = field(default_factory=lambda: CgroupSpec(path=""))
     privileged: bool = False
     netns_path: str | None = None
+    # Docker's default seccomp filter resolved for this container (None: unconfined, as --privileged or
+    # --security-opt seccomp=unconfined); the compiled program is cached in seccomp_cache_dir (the container's
+    # directory) so that starts and execs do not recompile it.
+    seccomp: SeccompProfile | None = None
+    seccomp_cache_dir: str | None = None
 
     def to_json(self) -> str:
         """Serialise (sorted keys, so equal specs give equal text)."""
@@ -164,6 +170,8 @@ def _dump(spec: RuntimeSpec) -> dict[str, Any]:
         },
         "privileged": spec.privileged,
         "netns_path": spec.netns_path,
+        "seccomp": None if spec.seccomp is None else spec.seccomp.to_dict(),
+        "seccomp_cache_dir": spec.seccomp_cache_dir,
     }
 
 
@@ -264,4 +272,6 @@ def _load_runtime(raw: dict[str, Any]) -> RuntimeSpec:
         masked_paths=_strs(raw, "masked_paths", "spec"), readonly_paths=_strs(raw, "readonly_paths", "spec"),
         sysctl=dict(sysctl), cgroup=cgroup, privileged=_bool(raw, "privileged", "spec"),
         netns_path=_opt_str(raw, "netns_path", "spec"),
+        seccomp=None if raw.get("seccomp") is None else SeccompProfile.from_dict(raw["seccomp"]),
+        seccomp_cache_dir=_opt_str(raw, "seccomp_cache_dir", "spec"),
     )
