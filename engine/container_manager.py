@@ -67,6 +67,7 @@ class CreateOptions:
     network_aliases: tuple[str, ...] = ()
     add_hosts: tuple[str, ...] = ()  # --add-host host:ip
     dns: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()  # "seccomp=unconfined", "no-new-privileges[=true|false]"
     tty: bool = False
     stdin_open: bool = False
     stop_signal: str | None = None
@@ -243,6 +244,9 @@ class ContainerManager(ContainerExecVerbs):
                 netns_path=None if network in ("none", "host") else
                 str(self._network_manager().netns_path(container_id)),
                 stop_signal=options.stop_signal,
+                seccomp="seccomp=unconfined" not in options.security_opt,
+                no_new_privileges=any(o in ("no-new-privileges", "no-new-privileges=true")
+                                      for o in options.security_opt),
             )
             spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
                                   rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle)
@@ -278,6 +282,7 @@ class ContainerManager(ContainerExecVerbs):
                     "PortBindings": bindings, "PublishAllPorts": options.publish_all,
                     "Dns": list(options.dns), "ExtraHosts": list(options.add_hosts) or None,
                     "NetworkAliases": list(options.network_aliases),
+                    "SecurityOpt": list(options.security_opt) or None,
                     "AnonymousVolumes": anonymous,
                 },
                 path=spec.process.args[0], args=list(spec.process.args[1:]), snapshot_key=key,

@@ -116,6 +116,8 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     add_run_flags(p)
     p.add_argument("-i", "--interactive", action="store_true", help="Keep STDIN open even if not attached")
     p.add_argument("-t", "--tty", action="store_true", help="Allocate a pseudo-TTY")
+    p.add_argument("--security-opt", action="append", default=[],
+                   help="Security options (seccomp=unconfined, no-new-privileges)")
     p.add_argument("--stop-signal", help="Signal to stop the container")
     p.add_argument("--stop-timeout", type=int, help="Timeout (in seconds) to stop a container")
     p.add_argument("image")
@@ -127,6 +129,11 @@ def _create_options(args: argparse.Namespace) -> CreateOptions:
         raise InvalidArgument(f"invalid --cpus value {args.cpus}: must be positive")
     pids = args.pids_limit if args.pids_limit is None or args.pids_limit > 0 else None
     net = network_flags(args)
+    for item in args.security_opt:
+        if item.replace(":", "=", 1) not in ("seccomp=unconfined", "no-new-privileges", "no-new-privileges=true",
+                                             "no-new-privileges=false"):
+            raise InvalidArgument(f"invalid --security-opt {item!r}: supported are seccomp=unconfined and "
+                                  "no-new-privileges")
     return CreateOptions(
         name=args.name,
         cmd=tuple(args.command) if args.command else None,
@@ -138,7 +145,7 @@ def _create_options(args: argparse.Namespace) -> CreateOptions:
         cap_add=tuple(args.cap_add or ()), cap_drop=tuple(args.cap_drop or ()), restart=args.restart,
         auto_remove=args.rm, log_opts=_log_opts(args.log_opt), network=args.network,
         publish=net.publish, publish_all=net.publish_all, network_aliases=net.aliases, add_hosts=net.add_hosts,
-        dns=net.dns,
+        dns=net.dns, security_opt=tuple(item.replace(":", "=", 1) for item in args.security_opt),
         tty=args.tty, stdin_open=args.interactive, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
     )
 

@@ -242,3 +242,14 @@ async def test_engine_failure_on_full_state_root(tmp_path: Path, registry: Regis
                 await small_engine.pull(f"{registry.host}/{repo_name}:v1")
     finally:
         subprocess.run(["umount", "--lazy", str(state)], check=True)  # sqlite may still hold its WAL open
+
+
+async def test_seccomp_default_and_unconfined(engine: Engine, busybox: str) -> None:
+    code, out, _ = await run(engine, busybox, "sh", "-c", "grep Seccomp: /proc/self/status; "
+                             "unshare -U true 2>/dev/null || echo denied")
+    assert (code, out.split()) == (0, ["Seccomp:", "2", "denied"])
+    code, out, _ = await run(engine, busybox, "sh", "-c", "grep Seccomp: /proc/self/status",
+                             security_opt=("seccomp=unconfined",))
+    assert out.split() == ["Seccomp:", "0"]
+    record = await engine.create_container(busybox, CreateOptions(cmd=("true",), privileged=True))
+    assert engine.containers.inspect_document(record)["HostConfig"]["Privileged"] is True
