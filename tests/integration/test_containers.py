@@ -253,3 +253,19 @@ async def test_seccomp_default_and_unconfined(engine: Engine, busybox: str) -> N
     assert out.split() == ["Seccomp:", "0"]
     record = await engine.create_container(busybox, CreateOptions(cmd=("true",), privileged=True))
     assert engine.containers.inspect_document(record)["HostConfig"]["Privileged"] is True
+
+
+async def test_log_rotation_options(engine: Engine, busybox: str) -> None:
+    record = await engine.create_container(busybox, CreateOptions(
+        cmd=("sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done"),
+        log_opts={"max-size": "2k", "max-file": "3"}))
+    await engine.containers.start(record.id)
+    assert await engine.containers.wait(record.id) == 0
+    log = Path(engine.containers.inspect_document(record)["LogPath"])
+    rotated = sorted(p.name for p in log.parent.iterdir() if p.name.startswith(log.name))
+    assert rotated == [log.name, f"{log.name}.1", f"{log.name}.2"]
+    assert all(p.stat().st_size <= 2048 + 200 for p in log.parent.iterdir() if p.name.startswith(log.name))
+    tail = [item.data async for item in engine.containers.logs(record.id, tail=3)]
+    assert tail == [b"line-397\n", b"line-398\n", b"line-399\n"]
+    with pytest.raises(InvalidArgument, match="max-size"):
+        await engine.create_container(busybox, CreateOptions(cmd=("true",), log_opts={"max-size": "lots"}))
