@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import KernelError, from_oserror
+from engine.errors import Conflict, KernelError, from_oserror
 from engine.network import netns
 from engine.network.netlink import Netlink
 
@@ -92,6 +92,14 @@ class KernelBridge:
                 link = host.link(name)
             if link is None or link.kind != "bridge":
                 raise KernelError(f"bridge {name}: a link of that name exists and is not a bridge")
+            # A bridge of that name serving another subnet belongs to someone else (another Kitebox state
+            # root, or the admin): never pile a second network onto it.
+            foreign = sorted({str(r.destination) for r in host.routes()
+                              if r.oif == link.index and r.table == 254 and r.gateway is None
+                              and r.destination != gateway.network})
+            if foreign:
+                raise Conflict(f"bridge {name} already serves {', '.join(foreign)} (another Kitebox state root or "
+                               "another program): choose another name with network.default_bridge in the config")
             host.add_address(link.index, gateway)
             _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
             if not link.up:

@@ -156,9 +156,16 @@ def isolated_kitebox_config(
         network["default_subnet"] = _free_test_subnet()
     path.write_text(json.dumps({"network": network}))
     monkeypatch.setenv("KITEBOX_CONFIG", str(path))
+    had_default = os.path.exists("/sys/class/net/kitebox0")
     yield path
     if os.geteuid() != 0:
         return
+    if not had_default and os.path.exists("/sys/class/net/kitebox0"):
+        # A test built its Config by hand and so used the user's default names: clean up, and say so.
+        subprocess.run(["ip", "link", "del", "kitebox0"], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "ip", "kitebox"], capture_output=True)
+        pytest.fail("this test created the default bridge kitebox0: derive its Config from engine.load_config() "
+                    "(the per-test KITEBOX_CONFIG) instead of Config()", pytrace=False)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
