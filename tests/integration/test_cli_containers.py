@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import Cli
 from tests.support.images import busybox_image, push_image
 from tests.support.registry import RegistryServer
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
-REPO = Path(__file__).resolve().parents[2]
-
-
-class Cli:
-    def __init__(self, root: Path, image: str) -> None:
-        self.root = root
-        self.image = image
-
-    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        return subprocess.run([sys.executable, "-m", "app.main", "--root", str(self.root), *args], input=stdin,
-                              capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
 
 
 @pytest.fixture

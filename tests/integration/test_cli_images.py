@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import REPO as REPO_ROOT
+from tests.support.cli import kitebox
 from tests.support.fixtures import REGISTRY_PASSWORD, REGISTRY_USER, FaultyRegistry
 from tests.support.images import build_image, busybox_image, file, make_layer, push_image
 from tests.support.registry import RegistryServer
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def kitebox(root: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "app.main", "--root", str(root), *args],
-        input=stdin, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT,
-    )
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
