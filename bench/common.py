@@ -23,6 +23,7 @@ from tests.support.images import BuiltImage, build_image, push_image
 from tests.support.registry import RegistryServer
 
 __all__ = [
+    "FreshStores",
     "distro_image",
     "local_registry",
     "median_time",
@@ -87,15 +88,48 @@ def push(server: RegistryServer, repo: str, image: BuiltImage) -> str:
     return f"{server.host}/{repo}:latest"
 
 
-def median_time(runs: int, action: Callable[[], object], *, before: Callable[[], object] | None = None) -> float:
+def median_time(
+    runs: int,
+    action: Callable[[], object],
+    *,
+    before: Callable[[], object] | None = None,
+    cpu: dict[str, float] | None = None,
+    name: str = "",
+) -> float:
+    """Median wall time of ``runs`` calls of ``action``; with ``cpu``, ``cpu[name]`` gets the median CPU time
+    this process spent in them (in-process actions only: a child process's CPU is not counted)."""
     samples = []
+    cpu_samples = []
     for _ in range(runs):
         if before is not None:
             before()
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         action()
         samples.append(time.perf_counter() - began)
+        cpu_samples.append(time.process_time() - began_cpu)
+    if cpu is not None:
+        cpu[name] = statistics.median(cpu_samples)
     return statistics.median(samples)
+
+
+class FreshStores:
+    """A new empty directory per timed run (``next()``, then ``current``); all removed by ``remove_all()``.
+
+    Deleting a store right before the next timed run would charge that run for the deletion (see bench.pull).
+    """
+
+    def __init__(self, parent: Path) -> None:
+        self._parent = parent
+        self._count = 0
+        self.current = parent / "unused"
+
+    def next(self) -> None:
+        self._count += 1
+        self.current = self._parent / f"{self._count:03d}"  # short: podman refuses runroots over 50 bytes
+
+    def remove_all(self) -> None:
+        if self._parent.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(self._parent)], check=True)
 
 
 def podman(storage: Path) -> list[str] | None:
@@ -112,7 +146,10 @@ def podman(storage: Path) -> list[str] | None:
 
 
 def run_quiet(command: list[str]) -> None:
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Run a peer tool; on failure, raise with the end of its stderr (what went wrong, not just the status)."""
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[:4]}... exited {result.returncode}: {result.stderr.strip()[-500:]}")
 
 
 def report(rows: list[tuple[str, float | None]], *, baseline: str, unit: str = "s") -> None:

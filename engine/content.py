@@ -23,6 +23,7 @@ Every ``OSError`` is translated with :func:`engine.errors.from_oserror` into a o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -44,6 +45,9 @@ __all__ = ["ContentStore", "IngestWriter", "Readable"]
 _CHUNK = 1 << 20
 _WRITE_BUFFER = 1 << 20
 _ABANDONED_AFTER = 24 * 3600.0
+_PIPELINE_MIN = 64 * 1024  # smaller chunks are written inline: a thread hop would cost more than the write
+_WRITE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_WRITE_POOL_LOCK = threading.Lock()
 # Waiting for another writer's lock: poll with a short, growing interval so cancellation is prompt.
 _LOCK_POLL_MIN, _LOCK_POLL_MAX = 0.005, 0.1
 
@@ -52,6 +56,15 @@ class Readable(Protocol):
     """Anything :meth:`ContentStore.put_stream` can copy from: a file, a tar member, a decompressor."""
 
     def read(self, size: int = ..., /) -> bytes: ...
+
+
+def _write_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that write and hash ingest chunks (shared by every store; one chunk per writer at a time)."""
+    global _WRITE_POOL
+    with _WRITE_POOL_LOCK:
+        if _WRITE_POOL is None:
+            _WRITE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="content-write")
+        return _WRITE_POOL
 
 
 def _hex(digest: str) -> str:
@@ -322,7 +335,7 @@ class IngestWriter:
     Life cycle: ``write``/``awrite`` any number of times, then exactly one of ``commit`` (verify and publish),
     ``close`` (keep the partial data for a later resume) or ``abort`` (discard it). ``close`` is always safe
     to call again, and is what ``with`` does on exit. Not thread-safe: one task drives one writer
-    (``awrite`` hands the work to a thread but awaits it).
+    (``awrite`` leaves at most one chunk being written in a thread; every other method waits for it first).
     """
 
     digest: str
@@ -339,6 +352,8 @@ class IngestWriter:
         self._hash = hashlib.sha256()
         self._data: BinaryIO | None = None
         self._lock_fd: int | None = None
+        self._inflight: concurrent.futures.Future[None] | None = None  # the write awrite left running
+        self._failed: BaseException | None = None  # a background write's error, raised from then on
         try:
             self._lock_fd = self._acquire(stop)
             if self._final.is_file():
@@ -407,30 +422,65 @@ class IngestWriter:
     def _stream(self) -> BinaryIO:
         if self.committed:
             raise Conflict(f"blob {self.digest} is already committed")
+        if self._failed is not None:
+            raise self._failed
         if self._data is None:
             raise StoreError(f"ingest of {self.digest} is closed")
         return self._data
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data``. Going past ``size`` discards the ingest and raises ``DigestMismatch``."""
-        stream = self._stream()
-        if self.offset + len(data) > self.size:
-            got = self.offset + len(data)
+    def _settle(self, *, quiet: bool = False) -> None:
+        """Wait for the write :meth:`awrite` left running; raise its error (sticky) unless ``quiet``."""
+        pending, self._inflight = self._inflight, None
+        if pending is not None:
+            try:
+                pending.result()
+            except BaseException as err:
+                self._failed = err
+        if self._failed is not None and not quiet:
+            raise self._failed
+
+    def _check_room(self, size: int) -> None:
+        if self.offset + size > self.size:
+            got = self.offset + size
             self.abort()
             raise DigestMismatch(f"{self.digest}: more than {self.size} bytes received ({got})")
+
+    def _append(self, stream: BinaryIO, data: bytes | memoryview) -> None:
         try:
             stream.write(data)
         except OSError as err:
             raise from_oserror(err, f"ingest of {self.digest}") from err
         self._hash.update(data)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``. Going past ``size`` discards the ingest and raises ``DigestMismatch``."""
+        self._settle()
+        stream = self._stream()
+        self._check_room(len(data))
+        self._append(stream, data)
         self.offset += len(data)
 
     async def awrite(self, data: bytes | memoryview) -> None:
-        """:meth:`write` in a thread: hashing and writing a big chunk must not stall the event loop."""
-        if len(data) < 64 * 1024:
-            self.write(data)
+        """:meth:`write`, pipelined: a big chunk is written and hashed in a thread while the caller goes on.
+
+        The call returns once the *previous* chunk is done and this one is handed over, so the download
+        receives chunk n+1 while chunk n is written and hashed (one chunk in flight per writer). A failed
+        background write is raised by the next ``awrite``/``write``/``commit``; ``offset`` counts the chunk
+        in flight. ``data`` must not change afterwards (a mutable buffer is copied).
+        """
+        if self._inflight is not None:
+            if not self._inflight.done():
+                await asyncio.wrap_future(self._inflight)
+            self._settle()
+        stream = self._stream()
+        self._check_room(len(data))
+        if len(data) < _PIPELINE_MIN:
+            self._append(stream, data)
         else:
-            await asyncio.to_thread(self.write, data)
+            if isinstance(data, memoryview) and not data.readonly:
+                data = bytes(data)
+            self._inflight = _write_pool().submit(self._append, stream, data)
+        self.offset += len(data)
 
     def commit(self) -> None:
         """Check size then sha256, fsync, make read-only and rename into ``blobs/``; release the lock.
@@ -441,6 +491,11 @@ class IngestWriter:
         if self.committed:
             self.close()
             return
+        try:
+            self._settle()
+        except BaseException:
+            self.close()
+            raise
         stream = self._stream()
         if self.offset != self.size:
             offset = self.offset
@@ -462,6 +517,7 @@ class IngestWriter:
 
     def close(self) -> None:
         """Release the lock, keeping partial data for a resume. Idempotent."""
+        self._settle(quiet=True)  # the write in flight (if any) finishes before its file is closed
         data, self._data = self._data, None
         lock, self._lock_fd = self._lock_fd, None
         try:
@@ -476,6 +532,7 @@ class IngestWriter:
 
     def abort(self) -> None:
         """Discard the partial data and release the lock."""
+        self._settle(quiet=True)
         if self._lock_fd is not None and not self.committed:
             if self._data is not None:
                 self._data.close()

@@ -64,6 +64,10 @@ class _Readinto(io.RawIOBase):
         return True
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
+        readinto = getattr(self._source, "readinto", None)
+        if readinto is not None:  # files and ByteFeed fill the buffer themselves: one copy, not two
+            filled: int = readinto(buffer)
+            return filled
         data = self._source.read(len(memoryview(buffer)))
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)

@@ -37,6 +37,7 @@ class ByteFeed:
         self._lock = threading.Lock()
         self._readable = threading.Condition(self._lock)
         self._chunks: deque[bytes] = deque()
+        self._first_at = 0  # bytes of ``_chunks[0]`` already read: consumed prefixes are never re-copied
         self._buffered = 0
         self._closed = False
         self._failure: BaseException | None = None
@@ -88,6 +89,7 @@ class ByteFeed:
         with self._lock:
             self._failure = exc
             self._chunks.clear()
+            self._first_at = 0
             self._buffered = 0
             self._readable.notify_all()
 
@@ -96,6 +98,7 @@ class ByteFeed:
         with self._lock:
             self._abandoned = exc if exc is not None else StoreError("layer stream abandoned by its consumer")
             self._chunks.clear()
+            self._first_at = 0
             self._buffered = 0
             self._readable.notify_all()
             self._wake_producer_locked()
@@ -113,51 +116,66 @@ class ByteFeed:
         if n == 0:
             return b""
         with self._lock:
-            while True:
-                if self._abandoned is not None:
-                    raise self._abandoned
-                if self._failure is not None:
-                    raise self._failure
-                if self._chunks:
-                    break
-                if self._closed:
-                    return b""
-                self._readable.wait()
-            data = self._take_locked(n)
-            self._buffered -= len(data)
-            if self._buffered < self._max_buffer:
-                self._wake_producer_locked()
+            if not self._wait_readable_locked():
+                return b""
+            first, at = self._chunks[0], self._first_at
+            if at == 0 and len(first) <= n:  # the common case: hand over a whole chunk, no copy
+                self._chunks.popleft()
+                data = first
+            else:
+                data = first[at : at + n]
+                self._advance_locked(len(data))
+            self._consumed_locked(len(data))
             return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        """``read`` into a caller's buffer (decompressors read this way); 0 at end of stream."""
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+        """``read`` straight into a caller's buffer (decompressors read this way); 0 at end of stream.
+
+        Copies from the buffered chunks once, possibly from several of them, without an intermediate ``bytes``.
+        """
+        target = memoryview(buffer).cast("B")
+        if not len(target):
+            return 0
+        with self._lock:
+            if not self._wait_readable_locked():
+                return 0
+            filled = 0
+            while self._chunks and filled < len(target):
+                first, at = self._chunks[0], self._first_at
+                take = min(len(first) - at, len(target) - filled)
+                target[filled : filled + take] = memoryview(first)[at : at + take]
+                filled += take
+                self._advance_locked(take)
+            self._consumed_locked(filled)
+            return filled
 
     def readable(self) -> bool:
         return True
 
-    def _take_locked(self, n: int) -> bytes:
-        first = self._chunks[0]
-        if len(first) > n:
-            self._chunks[0] = first[n:]
-            return first[:n]
-        self._chunks.popleft()
-        if len(first) == n or not self._chunks:
-            return first
-        parts = [first]
-        size = len(first)
-        while self._chunks and size < n:
-            chunk = self._chunks[0]
-            if size + len(chunk) > n:
-                self._chunks[0] = chunk[n - size :]
-                chunk = chunk[: n - size]
-            else:
-                self._chunks.popleft()
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
+    def _wait_readable_locked(self) -> bool:
+        """Wait for buffered bytes (True) or the end of the stream (False); raise a failure or abandon."""
+        while True:
+            if self._abandoned is not None:
+                raise self._abandoned
+            if self._failure is not None:
+                raise self._failure
+            if self._chunks:
+                return True
+            if self._closed:
+                return False
+            self._readable.wait()
+
+    def _advance_locked(self, n: int) -> None:
+        """Mark ``n`` bytes of the first chunk read (at most what it has left)."""
+        self._first_at += n
+        if self._first_at == len(self._chunks[0]):
+            self._chunks.popleft()
+            self._first_at = 0
+
+    def _consumed_locked(self, n: int) -> None:
+        self._buffered -= n
+        if self._buffered < self._max_buffer:
+            self._wake_producer_locked()
 
     def _wake_producer_locked(self) -> None:
         if self._waiter is None:
