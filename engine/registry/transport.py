@@ -267,6 +267,22 @@ async def error_of(response: httpx.Response) -> RegistryErrorBody:
     return parse_error_body(b"".join(parts)[:ERROR_BODY_LIMIT])
 
 
+def _tune_httpcore() -> None:
+    """Read the socket in 1 MiB pieces instead of httpcore's 64 KiB: with blobs streamed at hundreds of MB/s
+    the per-read overhead in the HTTP stack is what saturates the event loop (measured: download+verify of a
+    103 MB image 0.54 s -> 0.47 s). A class attribute of httpcore's, read on every receive; if a later httpcore
+    renames it, this silently does nothing and downloads are merely slower."""
+    try:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+    except ImportError:
+        return
+    if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < 1 << 20:
+        AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+
+_tune_httpcore()
+
+
 class Transport:
     """One pooled HTTP/1.1 client plus the authorizer; see the module docstring for the rules it applies."""
 
@@ -283,22 +299,37 @@ class Transport:
         self._clock = clock
         self.authorizer = Authorizer(clock)
         self._token_locks: dict[TokenRequest, asyncio.Lock] = {}
-        pool = config.parallel_downloads + 2
-        self._client = httpx.AsyncClient(
-            http1=True,
-            http2=False,
-            transport=transport,
-            # An injected transport (tests) must not be bypassed by proxy settings from the environment.
-            trust_env=transport is None,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-            # Waiting for a pooled connection is bounded by the other downloads' own timeouts, so no pool timeout.
-            timeout=httpx.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds, pool=None),
-            headers={"User-Agent": USER_AGENT},
-        )
+        self._transport = transport
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    def _client_for(self, url: httpx.URL) -> httpx.AsyncClient:
+        """The pooled client for ``url``'s scheme. The TLS one is made on first use: loading the CA bundle
+        costs ~50-80 ms, which a pull from a loopback registry over plain HTTP never needs to pay."""
+        tls = url.scheme == "https"
+        client = self._clients.get(tls)
+        if client is None:
+            pool = self.config.parallel_downloads + 2
+            client = self._clients[tls] = httpx.AsyncClient(
+                http1=True,
+                http2=False,
+                transport=self._transport,
+                # An injected transport (tests) must not be bypassed by proxy settings from the environment.
+                trust_env=self._transport is None,
+                # The plain-HTTP client never verifies anything: skip building a CA store for it.
+                verify=tls,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+                # Waiting for a pooled connection is bounded by the other downloads' own timeouts: no pool timeout.
+                timeout=httpx.Timeout(self.config.timeout_seconds, connect=self.config.connect_timeout_seconds,
+                                      pool=None),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return client
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     async def open(
         self,
@@ -396,10 +427,10 @@ class Transport:
             if authorization is not None and url.netloc.decode("ascii", "replace") == auth_host:
                 sent["Authorization"] = authorization
             try:
-                request = self._client.build_request(method, url, headers=sent, content=content)
+                request = self._client_for(url).build_request(method, url, headers=sent, content=content)
             except httpx.InvalidURL as err:
                 raise RegistryError(f"{label}: {what}: invalid URL {str(url)[:200]}: {err}") from err
-            response = await self._client.send(request, stream=True)
+            response = await self._client_for(request.url).send(request, stream=True)
             for warning in response.headers.get_list("warning"):
                 if warning.strip().startswith("299"):
                     log.warning("registry %s warns: %s", label, warning.strip()[:500])
