@@ -1,7 +1,8 @@
 """Container start benchmarks (issue 4), as root: ``.venv/bin/python -m bench.run [--runs N] [--idle N]``.
 
-* ``kitebox run --rm IMAGE true`` wall time (the CLI as a user runs it) vs ``podman run --rm --network none``
-  of the same image, pulled from the same local registry, measured in the same run;
+* ``kitebox run --rm --network none IMAGE true`` wall time (the CLI as a user runs it, bytecode compiled as an
+  installed package has it, the state root's monitor helper running as after any earlier command) vs
+  ``podman run --rm --network none`` of the same image, pulled from the same local registry, in the same run;
 * in-process ``create + start + wait`` of ``true`` through the engine API (median);
 * ``--idle N`` idle containers (``sleep``) at once: the supervision overhead per container, as the PSS of its
   monitor process (from /proc/<pid>/smaps_rollup), median and total.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import local_registry, median_time, podman, push, report, run_quiet, scratch
+from bench.exec import cli_env, stopping_helpers
 from engine import CreateOptions, Engine
 from tests.support.images import busybox_image
 
@@ -35,7 +36,7 @@ async def _in_process(root: Path, ref: str, runs: int) -> float:
     async with await Engine.open(root) as engine:
         for _ in range(runs + 2):
             began = time.perf_counter()
-            record = await engine.create_container(ref, CreateOptions(cmd=("true",)))
+            record = await engine.create_container(ref, CreateOptions(cmd=("true",), network="none"))
             await engine.containers.start(record.id)
             await engine.containers.wait(record.id)
             samples.append(time.perf_counter() - began)
@@ -56,7 +57,7 @@ async def _idle(root: Path, ref: str, count: int) -> tuple[float, float]:
         ids = []
         try:
             for _ in range(count):
-                record = await engine.create_container(ref, CreateOptions(cmd=("sleep", "300")))
+                record = await engine.create_container(ref, CreateOptions(cmd=("sleep", "300"), network="none"))
                 await engine.containers.start(record.id)
                 ids.append(record.id)
             pss = []
@@ -74,18 +75,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--idle", type=int, default=100)
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KITEBOX_CONFIG": "/nonexistent/kitebox.json"}
-    with scratch("kitebox-bench-run-") as work, local_registry(work) as registry:
+    with scratch("kitebox-bench-run-") as work, local_registry(work) as registry, stopping_helpers(work):
+        env = cli_env(work)
         ref = push(registry, "bench/busybox", busybox_image(compression="gzip"))
         root = work / "kitebox"
         subprocess.run(_kitebox(root, "pull", "-q", ref), check=True, env=env, stdout=subprocess.DEVNULL)
 
         def kitebox_run() -> None:
-            subprocess.run(_kitebox(root, "run", "--rm", ref, "true"), check=True, env=env)
+            subprocess.run(_kitebox(root, "run", "--rm", "--network", "none", ref, "true"), check=True, env=env)
 
         kitebox_run()
         cli = median_time(args.runs, kitebox_run)
-        rows: list[tuple[str, float | None]] = [("kitebox run --rm IMAGE true", cli)]
+        rows: list[tuple[str, float | None]] = [("kitebox run --rm --network none", cli)]
         prefix = podman(work / "podman")
         if prefix is not None:
             run_quiet([*prefix, "pull", "-q", "--tls-verify=false", ref])

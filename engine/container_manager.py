@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["ContainerManager", "CreateOptions", "parse_restart_policy", "parse_signal"]
 
 NEVER = "0001-01-01T00:00:00Z"
+# Compiled seccomp programs shared by every container of the state root (keyed by profile and libseccomp; the
+# store lists only 64-hex directories, so it never sees this one).
+SECCOMP_CACHE = ".seccomp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +252,8 @@ class ContainerManager(ContainerExecVerbs):
                                       for o in options.security_opt),
             )
             spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
-                                  rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle)
+                                  rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
+                                  seccomp_cache_dir=self.store.root / SECCOMP_CACHE)
             (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
             stop_signal = options.stop_signal or image_config.get("StopSignal") or "SIGTERM"
             parse_signal(stop_signal)

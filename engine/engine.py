@@ -212,8 +212,9 @@ class Engine:
                 await self.containers.start(record.id)
                 restarted.append(record.name)
                 live.append(record.id)
-        # Network leftovers of containers that are gone (veths, leases, port rules, namespaces).
-        if live or (self.root / "networks").exists():
+        # Network leftovers of containers that are gone (veths, leases, port rules, namespaces). Without network
+        # state nothing was ever attached (--network none/host only): the network room is not even loaded.
+        if (self.root / "networks").exists():
             await self.networks.repair(live)
         return restarted
 

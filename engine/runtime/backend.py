@@ -10,6 +10,7 @@ Standard library only at import time: every forked monitor imports this.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any, Final, NoReturn, Protocol
@@ -34,6 +35,7 @@ class Backend(Protocol):
     """What the monitor needs from the runtime core; the seam tests use to substitute a stand-in."""
 
     def load_spec(self, text: str) -> Any: ...
+    def warm(self, spec: Any) -> None: ...
     def cgroup(self, spec: Any) -> CgroupLike: ...
     def new_pid_namespace(self) -> None: ...
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
@@ -51,12 +53,30 @@ class RealBackend:
         import engine.runtime.cgroups
         import engine.runtime.exec
         import engine.runtime.executor
+        import engine.runtime.plan  # exec'd processes merge their environment with it
         import engine.runtime.spec  # noqa: F401
+        from engine.errors import KernelError
+        from engine.runtime import seccomp
+
+        # libseccomp too (it is mapped once in the helper, shared by every fork): a container start then only
+        # hashes the profile to find its compiled program. Missing here means "compile fails later, saying why".
+        with contextlib.suppress(KernelError):
+            seccomp.preload()
 
     def load_spec(self, text: str) -> Any:
         from engine.runtime.spec import RuntimeSpec
 
         return RuntimeSpec.from_json(text)
+
+    def warm(self, spec: Any) -> None:
+        """In the monitor, before its first fork: the container's seccomp program (read from its cache, or
+        compiled), so the container's init and every exec'd process inherit it instead of looking it up."""
+        from engine.errors import KiteboxError
+        from engine.runtime import seccomp
+
+        if spec.seccomp is not None:
+            with contextlib.suppress(KiteboxError):  # the child tries again and reports why it failed
+                seccomp.keep_program(spec.seccomp, spec.seccomp_cache_dir)
 
     def cgroup(self, spec: Any) -> CgroupLike:
         from engine.runtime.cgroups import cgroup_manager

@@ -1,55 +1,78 @@
-"""The fork server: one small single-threaded process per Engine that forks container monitors.
+"""The fork server: one small single-threaded process per state root that forks container monitors.
 
 Why a helper: the app is multi-threaded (Qt, asyncio worker threads), and forking a multi-threaded process and
 then running Python in the child is unsafe (locks held by other threads stay locked forever). So the engine
-starts this helper once (``python -I -S -c <bootstrap>``: standard library only, no site-packages, and without
+starts this helper (``python -I -S -c <bootstrap>``: standard library only, no site-packages, and without
 running ``engine/__init__.py``, which would import the whole engine), and the helper forks monitors from its
-own small, quiet, single-threaded heap. Forked monitors share that heap copy-on-write, which keeps an idle
-monitor at a few MB of PSS.
+own small, quiet, single-threaded heap, with the runtime already imported. Forked monitors share that heap
+copy-on-write, which keeps an idle monitor at a few MB of PSS.
 
-Protocol (frames of :mod:`engine.runtime.protocol` over a socketpair inherited as ``argv[1]``)::
+Lifetime: the helper is a cache, not a daemon to install. It serves every engine (app, CLI invocations) opened
+on its state root through ``<root>/helper-<key>.sock`` -- ``key`` names the interpreter and the runtime's
+source files, so an engine never talks to a helper running other code -- and exits by itself once no engine
+has been connected for ``idle`` seconds (``KITEBOX_HELPER_IDLE``, default 10 minutes), when its socket file
+is removed or replaced (the state root was deleted), or when asked (``shutdown``). A CLI run therefore pays
+for an interpreter start-up only when no helper is running. Starting one is race-free: under an exclusive
+``flock`` of ``<root>/helper.lock`` the engine binds the socket itself, passes the listening socket to the new
+helper and connects at once (the kernel queues the connection until the helper accepts). The helper retires
+under the same lock (unlink the socket, then serve what was already queued), so a connection either reaches a
+helper that answers it or fails to connect and starts a new one.
+
+Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per connection)::
 
     -> {"op": "spawn", "dir": "<container dir>", "backend": "module:Class"}
     <- {"ok": true, "pid": <monitor pid>}   or   {"ok": false, "message": "..."}
+    -> {"op": "ping"}
+    <- {"ok": true, "pid": <helper pid>}
+    -> {"op": "shutdown"}
+    <- {"ok": true, "pid": <helper pid>}    (then the helper exits; its connections see EOF)
 
 Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives), forks; the
 child calls ``setsid`` and forks again, the grandchild becomes the monitor (reparented to init or the nearest
 subreaper, in its own session, so it outlives the helper and the app) and the middle process exits at once.
-The helper exits when its socket reaches EOF (the engine closed or died); monitors are unaffected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import selectors
 import signal
 import socket
-import sys
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, NoReturn
 
-from engine.runtime.backend import Backend, load_backend
+from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
 from engine.runtime.monitor import Monitor, log
-from engine.runtime.protocol import SOCKET_FILE, ProtocolError, encode_frame, recv_frame
+from engine.runtime.protocol import SOCKET_FILE, FrameDecoder, ProtocolError, encode_frame
 
-__all__ = ["BOOTSTRAP", "main", "run_monitor", "short_unix_path", "spawn_monitor"]
+__all__ = ["BOOTSTRAP", "LOCK_FILE", "helper_pids", "main", "run_monitor", "short_unix_path", "spawn_monitor",
+           "stop_helpers"]
 
 _MAX_SUN_PATH: Final = 107
 _PR_SET_CHILD_SUBREAPER: Final = 36
+LOCK_FILE: Final = "helper.lock"
+_CHECK_SECONDS: Final = 2.0  # how often an idle helper checks that its socket file is still its own
+_SEND_TIMEOUT: Final = 10.0
 
-# Run as ``python -I -S -c BOOTSTRAP <fd> <project dir>``: a bare ``engine`` package object stands in for
-# engine/__init__.py so importing engine.runtime.* loads only what the monitors need.
+# Run as ``python -I -S -c BOOTSTRAP <listen fd> <project dir> <state root> <socket name> <idle seconds>``. It
+# forks at once and the parent exits, so the helper is nobody's child (the starting engine reaps that parent in
+# a few ms) and a bare ``engine`` package object stands in for engine/__init__.py so importing engine.runtime.*
+# loads only what the monitors need.
 BOOTSTRAP: Final = (
-    "import sys,types\n"
+    "import os,sys,types\n"
+    "if os.fork():os._exit(0)\n"
     "root=sys.argv[2]\n"
     "sys.path.insert(0,root)\n"
     "for name in ('engine','engine.runtime'):\n"
     "    m=types.ModuleType(name);m.__path__=[root+'/'+name.replace('.','/')];sys.modules[name]=m\n"
     "from engine.runtime.helper import main\n"
-    "main(int(sys.argv[1]))\n"
+    "main(int(sys.argv[1]),sys.argv[3],sys.argv[4],float(sys.argv[5]))\n"
 )
 
 
@@ -142,31 +165,211 @@ def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend) 
     os._exit(code)
 
 
-def main(fd: int) -> None:
-    """Serve spawn requests on the inherited socket ``fd`` until EOF."""
-    sock = socket.socket(fileno=fd)
-    backends: dict[str, Backend] = {}
-    while True:
+class _Server:
+    """The helper's loop: accept engines, answer their requests, retire when idle (see the module docstring)."""
+
+    def __init__(self, listener: socket.socket, root: Path, socket_name: str, idle: float) -> None:
+        self.listener = listener
+        self.root = root
+        self.sock_path = root / socket_name
+        self.idle = idle
+        self.identity = self._socket_identity()
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[int, tuple[socket.socket, FrameDecoder]] = {}
+        self.backends: dict[str, Backend] = {}
+        self.accepting = True
+        self.last_activity = time.monotonic()
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, "listen")
+
+    def _socket_identity(self) -> tuple[int, int] | None:
         try:
-            frame = recv_frame(sock)
-        except (ProtocolError, OSError):
-            break
-        if frame is None:
-            break
-        request, _ = frame
+            st = os.stat(self.sock_path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def backend(self, ref: str) -> Backend:
+        if ref not in self.backends:
+            self.backends[ref] = load_backend(ref)  # imported here once, so forks inherit it loaded
+        return self.backends[ref]
+
+    def serve(self) -> None:
+        while self.accepting or self.clients:
+            timeout: float | None = None
+            if not self.clients:
+                now = time.monotonic()
+                if self.identity is None or self._socket_identity() != self.identity:
+                    self._stop_accepting()  # the state root (or our socket) is gone: nobody can reach us
+                    continue
+                if now - self.last_activity >= self.idle:
+                    self._retire()
+                    continue
+                timeout = min(_CHECK_SECONDS, self.last_activity + self.idle - now)
+            for key, _ in self.sel.select(timeout):
+                if key.data == "listen":
+                    self._accept()
+                elif self._on_readable(key.fileobj) == "shutdown":  # type: ignore[arg-type]
+                    return
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.settimeout(_SEND_TIMEOUT)  # replies are small; a client that never reads is dropped
+            self.clients[sock.fileno()] = (sock, FrameDecoder())
+            self.sel.register(sock, selectors.EVENT_READ, "client")
+            self.last_activity = time.monotonic()
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.clients.pop(sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock)
+        sock.close()
+        self.last_activity = time.monotonic()
+
+    def _on_readable(self, sock: socket.socket) -> str | None:
+        entry = self.clients.get(sock.fileno())
+        if entry is None:
+            return None
+        try:
+            data = sock.recv(65536)
+            frames = entry[1].feed(data) if data else []
+        except (OSError, ProtocolError):
+            data, frames = b"", []
+        if not data:
+            self._drop(sock)
+            return None
+        for request, _ in frames:
+            self.last_activity = time.monotonic()
+            op = request.get("op")
+            if op == "shutdown":
+                reply = self._shutdown()
+            elif op == "ping":
+                reply = {"ok": True, "pid": os.getpid()}
+            else:
+                reply = self._spawn(request)
+            try:
+                sock.sendall(encode_frame(reply))
+            except OSError:
+                self._drop(sock)
+                return None
+            if op == "shutdown":
+                return "shutdown"
+        return None
+
+    def _spawn(self, request: dict[str, object]) -> dict[str, object]:
         try:
             if request.get("op") != "spawn":
                 raise ValueError(f"unknown request {request.get('op')!r}")
-            ref = str(request["backend"])
-            if ref not in backends:
-                backends[ref] = load_backend(ref)  # imported here once, so forks inherit it loaded
-            pid = spawn_monitor(Path(request["dir"]), backends[ref])
-            reply: dict[str, object] = {"ok": True, "pid": pid}
+            pid = spawn_monitor(Path(str(request["dir"])), self.backend(str(request["backend"])))
         except Exception as err:
-            reply = {"ok": False, "message": str(err) or type(err).__name__}
+            return {"ok": False, "message": str(err) or type(err).__name__}
+        return {"ok": True, "pid": pid}
+
+    def _shutdown(self) -> dict[str, object]:
+        self._unlink_socket()
+        return {"ok": True, "pid": os.getpid()}
+
+    def _unlink_socket(self) -> None:
+        if self.identity is not None and self._socket_identity() == self.identity:
+            with contextlib.suppress(OSError):
+                self.sock_path.unlink()
+
+    def _retire(self) -> None:
+        """Idle: under the engines' lock, make the socket unreachable, then serve only what was queued."""
         try:
-            sock.sendall(encode_frame(reply))
+            lock = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
-            break
-    sock.close()
-    sys.exit(0)
+            self._stop_accepting()
+            return
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.last_activity = time.monotonic()  # an engine is starting or checking a helper: stay
+                return
+            self._unlink_socket()
+        finally:
+            os.close(lock)
+        self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        if not self.accepting:
+            return
+        self._accept()  # connections already queued are served before the helper exits
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.listener)
+        self.listener.close()
+        self.accepting = False
+
+    def close(self) -> None:
+        for sock, _ in list(self.clients.values()):
+            sock.close()
+        self.clients.clear()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        self.sel.close()
+
+
+def main(listen_fd: int, state_root: str, socket_name: str, idle: float) -> None:
+    """Serve the listening socket ``listen_fd`` (bound at ``<state_root>/<socket_name>``) until retired."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C in the terminal that started us is not for us
+    server = _Server(socket.socket(fileno=listen_fd), Path(state_root), socket_name, idle)
+    try:
+        with contextlib.suppress(Exception):  # a broken runtime answers every spawn with the reason instead
+            server.backend(REAL_BACKEND)
+        server.serve()
+    finally:
+        server.close()
+    os._exit(0)
+
+
+def helper_pids(under: Path) -> list[int]:
+    """Pids of the running helpers whose state root is ``under`` or inside it (found by their command line; a
+    helper's short-lived starting parent has the same one)."""
+    marker = BOOTSTRAP.encode()
+    prefix = os.fsencode(str(under.absolute()))
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in argv and len(argv) > argv.index(marker) + 3:
+            root = argv[argv.index(marker) + 3]
+            if (root == prefix or root.startswith(prefix + b"/")) and _running(int(name)):
+                found.append(int(name))
+    return found
+
+
+def stop_helpers(under: Path, timeout: float = 5.0) -> list[int]:
+    """SIGTERM the helpers of the state roots under ``under`` and wait until they are gone; their pids.
+
+    Monitors are not affected (they are not the helper's children). For tests and ``system`` clean-ups."""
+    pids = helper_pids(under)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _running(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"monitor helper {pid} did not exit within {timeout:g}s")
+            time.sleep(0.005)
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -593,6 +593,7 @@ class Monitor:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         write_json_atomic(self.dir / MONITOR_FILE, {
             "monitor_pid": os.getpid(), "boot_id": boot_id(), "socket": str(self.dir / SOCKET_FILE)})
+        self.backend.warm(self.spec)
         self.start_container()
         linger_until: float | None = None
         while True:

@@ -304,11 +304,14 @@ def plan_container(
     bundle_dir: Path,
     cgroup_parent: str = "kitebox",
     host_resolv_conf: Path = Path("/etc/resolv.conf"),
+    seccomp_cache_dir: Path | None = None,
 ) -> RuntimeSpec:
     """Build the runtime spec for one container and write its hostname/hosts/resolv.conf into ``bundle_dir``.
 
     ``rootfs`` is where the image's files can be read (for --user); the container's root is ``rootfs`` itself
-    when ``root_mounts`` is empty, else those mounts performed at ``bundle_dir/rootfs``.
+    when ``root_mounts`` is empty, else those mounts performed at ``bundle_dir/rootfs``. The compiled seccomp
+    program is cached in ``seccomp_cache_dir`` (default ``bundle_dir``): a directory shared by the containers of
+    a state root compiles Docker's profile once per capability set instead of once per container (~17 ms).
     Raises InvalidArgument for every bad option, naming it.
     """
     if not _CONTAINER_ID.match(container_id):
@@ -399,7 +402,12 @@ def plan_container(
     seccomp = None
     if options.seccomp and not options.privileged:
         seccomp = default_profile(caps, os.uname().machine)
-        program_for(seccomp, str(bundle_dir))
+        cache_dir = seccomp_cache_dir or bundle_dir
+        try:
+            cache_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"seccomp cache directory {cache_dir}: {err.strerror}") from err
+        program_for(seccomp, str(cache_dir))
     host_network = options.network == "host"
     sysctl = {} if host_network else {"net.ipv4.ping_group_range": "0 2147483647",
                                       "net.ipv4.ip_unprivileged_port_start": "0"}
@@ -409,5 +417,6 @@ def plan_container(
         masked_paths=() if options.privileged else DEFAULT_MASKED_PATHS,
         readonly_paths=() if options.privileged else DEFAULT_READONLY_PATHS,
         sysctl=sysctl, cgroup=_cgroup(container_id, options, cgroup_parent), privileged=options.privileged,
-        netns_path=options.netns_path, seccomp=seccomp, seccomp_cache_dir=str(bundle_dir) if seccomp else None,
+        netns_path=options.netns_path, seccomp=seccomp,
+        seccomp_cache_dir=str(seccomp_cache_dir or bundle_dir) if seccomp else None,
     )

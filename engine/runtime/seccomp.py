@@ -56,7 +56,9 @@ __all__ = [
     "compile_filter",
     "default_profile",
     "install",
+    "keep_program",
     "load_filter",
+    "preload",
     "program_for",
 ]
 
@@ -347,11 +349,17 @@ def _libseccomp() -> ctypes.CDLL:
     """libseccomp, loaded once (KernelError when it is not installed)."""
     global _lib
     if _lib is None:
-        path = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        # By soname first: the dynamic loader's cache finds it without find_library's ``ldconfig -p`` (a fork
+        # and exec, ~5 ms on every container start and exec).
+        path = "libseccomp.so.2"
         try:
             lib = ctypes.CDLL(path)
-        except OSError as err:
-            raise KernelError(f"seccomp: cannot load libseccomp ({path}): {err}") from err
+        except OSError:
+            path = ctypes.util.find_library("seccomp") or path
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError as err:
+                raise KernelError(f"seccomp: cannot load libseccomp ({path}): {err}") from err
         lib.seccomp_init.argtypes, lib.seccomp_init.restype = [ctypes.c_uint32], ctypes.c_void_p
         lib.seccomp_release.argtypes, lib.seccomp_release.restype = [ctypes.c_void_p], None
         lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
@@ -513,10 +521,13 @@ def program_for(profile: SeccompProfile, cache_dir: str | None) -> bytes:
     """:func:`compile_filter`'s program for ``profile``, cached as ``cache_dir/seccomp-<key>.bpf``.
 
     Compiling Docker's profile for three ABIs takes libseccomp ~17 ms, a fifth of a container start; the
-    container's directory keeps the result so starts and execs after the first (the planner warms it) only read
-    8 KiB. The key hashes the profile and the libseccomp build, so a changed profile or library never meets a
-    stale program. Without ``cache_dir``, or when the cache cannot be written, the program is just compiled.
+    cache directory (shared by the containers of a state root) keeps the result so later containers, starts and
+    execs only read 8 KiB. The key hashes the profile and the libseccomp build, so a changed profile or library
+    never meets a stale program. Without ``cache_dir``, or when the cache cannot be written, the program is just
+    compiled. A program kept by :func:`keep_program` for this very profile object is returned without a look-up.
     """
+    if _kept is not None and _kept[0] is profile and _kept[1] == cache_dir:
+        return _kept[2]
     if cache_dir is None:
         return compile_filter(profile)
     identity = json.dumps([profile.to_dict(), _libseccomp_identity(), os.uname().machine], sort_keys=True)
@@ -544,6 +555,22 @@ def program_for(profile: SeccompProfile, cache_dir: str | None) -> bytes:
 
 class _Version(ctypes.Structure):
     _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+_kept: tuple[SeccompProfile, str | None, bytes] | None = None
+
+
+def keep_program(profile: SeccompProfile, cache_dir: str | None) -> None:
+    """Look ``profile``'s program up now and keep it in memory for this profile object: a monitor does this
+    once, and the container's init and exec'd processes it forks inherit the program instead of hashing the
+    profile and reading the cache again (KernelError when it cannot be compiled)."""
+    global _kept
+    _kept = (profile, cache_dir, program_for(profile, cache_dir))
+
+
+def preload() -> None:
+    """Load libseccomp now (KernelError when it is not installed), so forked children find it loaded."""
+    _libseccomp()
 
 
 def _libseccomp_identity() -> str:

@@ -14,18 +14,23 @@ written under another boot (``boot_id``) means the host restarted (exit code 255
 ``--rm`` is the engine's job, not the monitor's: the engine removes the container when :meth:`wait` returns
 (and, for containers whose exit it missed, when it next sees them exited).
 
-Monitors are forked by one helper process (:mod:`engine.runtime.helper`) started on the first :meth:`start`;
-:meth:`close` stops the helper, monitors keep running.
+Monitors are forked by the state root's helper process (:mod:`engine.runtime.helper`), shared by every engine
+opened on that root and started by the first one that needs it; it exits by itself once idle. :meth:`close`
+only disconnects from it (``stop_helper=True`` stops it, for tests); monitors keep running either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from engine.errors import (
 )
 from engine.logs import log_file_path, parse_log_opts
 from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
-from engine.runtime.helper import BOOTSTRAP, short_unix_path
+from engine.runtime.helper import BOOTSTRAP, LOCK_FILE, short_unix_path
 from engine.runtime.protocol import (
     CONFIG_FILE,
     EXIT_FILE,
@@ -70,6 +75,42 @@ _POLICIES = ("no", "always", "unless-stopped", "on-failure")
 _QUERY_TIMEOUT = 10.0
 _HEAD = struct.Struct(">II")
 _MONITOR_DIED = "monitor died"
+_SPAWN_TIMEOUT = 30.0
+HELPER_IDLE_ENV = "KITEBOX_HELPER_IDLE"
+_HELPER_IDLE_DEFAULT = 600.0
+_PROJECT = Path(__file__).resolve().parents[2]
+_helper_name: str | None = None
+
+
+def helper_socket_name() -> str:
+    """``helper-<key>.sock``: ``key`` hashes the interpreter and the runtime's source files (name, size, mtime),
+    so an engine only ever talks to a helper running the same code as itself."""
+    global _helper_name
+    if _helper_name is None:
+        parts = [sys.executable, str(_PROJECT)]
+        for directory, names in ((_PROJECT / "engine", ("errors.py", "logs.py")),
+                                 (_PROJECT / "engine" / "runtime", None)):
+            with os.scandir(directory) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.name.endswith(".py") and (names is None or entry.name in names):
+                        st = entry.stat()
+                        parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+        _helper_name = f"helper-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.sock"
+    return _helper_name
+
+
+def helper_idle_seconds() -> float:
+    """How long an unused helper stays (``KITEBOX_HELPER_IDLE`` seconds, default 600)."""
+    text = os.environ.get(HELPER_IDLE_ENV)
+    if text is None:
+        return _HELPER_IDLE_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise InvalidArgument(f"{HELPER_IDLE_ENV}={text!r}: expected a number of seconds greater than 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -285,7 +326,7 @@ class Supervisor:
         self.state_root = state_root
         self.backend_ref = backend_ref
         self._backend: Backend | None = None
-        self._helper: asyncio.subprocess.Process | None = None
+        self._starter: subprocess.Popen[bytes] | None = None  # the helper's parent, which exits at once
         self._helper_conn: _Connection | None = None
         self._helper_lock = asyncio.Lock()
 
@@ -294,55 +335,146 @@ class Supervisor:
         """``backend`` names the runtime the monitors drive (``module:Class``); tests may pass a stand-in."""
         return cls(state_root, backend)
 
-    async def close(self) -> None:
-        """Stop the helper (monitors, and the containers, keep running)."""
+    async def close(self, *, stop_helper: bool = False) -> None:
+        """Disconnect from the helper (monitors, and the containers, keep running). With ``stop_helper`` the
+        state root's helper is asked to exit (it otherwise exits by itself once idle); returns once it has."""
+        if stop_helper:
+            await self._stop_helper()
         if self._helper_conn is not None:
             self._helper_conn.close()
+            with contextlib.suppress(ConnectionError):
+                await self._helper_conn.writer.wait_closed()  # closed for real: the helper's idle clock starts
             self._helper_conn = None
-        if self._helper is not None:
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.wait_for(self._helper.wait(), 5.0)
-            self._helper = None
+        if self._starter is not None:
+            if self._starter.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(self._starter.wait, 5.0)
+            self._starter = None
 
     # --- helper ----------------------------------------------------------------------------------------------
 
     async def warm_up(self) -> None:
-        """Start the helper now (an interpreter start-up) so that the next ``start`` does not wait for it."""
+        """Connect to the helper now (starting it when none runs) so that the next ``start`` does not wait."""
         async with self._helper_lock:
             if self._helper_conn is None:
-                await self._start_helper()
+                await self._connect_helper()
+
+    async def helper_pid(self) -> int:
+        """The pid of the state root's helper (started when none runs), once it answers."""
+        async with self._helper_lock:
+            if self._helper_conn is None:
+                await self._connect_helper()
+            assert self._helper_conn is not None
+            conn = self._helper_conn
+            try:
+                await conn.send({"op": "ping"})
+                frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
+            except (ConnectionError, TimeoutError):
+                frame = None
+            if frame is None:
+                conn.close()
+                self._helper_conn = None
+                raise RuntimeFailure(f"the monitor helper for {self.state_root} exited unexpectedly")
+        return int(frame[0]["pid"])
 
     async def _spawn(self, container_dir: Path) -> int:
         async with self._helper_lock:
             if self._helper_conn is None:
-                await self._start_helper()
+                await self._connect_helper()
             assert self._helper_conn is not None
-            await self._helper_conn.send({"op": "spawn", "dir": str(container_dir), "backend": self.backend_ref})
-            frame = await self._helper_conn.recv()
-        if frame is None:
-            await self.close()
-            raise RuntimeFailure(f"container {container_dir.name}: the monitor helper exited unexpectedly")
+            conn = self._helper_conn
+            try:
+                await conn.send({"op": "spawn", "dir": str(container_dir), "backend": self.backend_ref})
+                frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
+            except (ConnectionError, TimeoutError):
+                frame = None
+            if frame is None:
+                conn.close()
+                self._helper_conn = None  # the next call connects again (starting a new helper if needed)
+                raise RuntimeFailure(f"container {container_dir.name}: the monitor helper exited unexpectedly")
         reply = frame[0]
         if not reply.get("ok"):
             raise RuntimeFailure(f"container {container_dir.name}: starting its monitor failed: {reply.get('message')}")
         return int(reply["pid"])
 
-    async def _start_helper(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        project = str(Path(__file__).resolve().parents[2])
+    async def _connect_helper(self) -> None:
+        sock = await asyncio.to_thread(self._helper_socket)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self._helper_conn = _Connection(reader, writer)
+
+    def _helper_socket(self) -> socket.socket:
+        """A connection to the state root's helper, starting one when none answers (blocking: run in a thread).
+
+        See :mod:`engine.runtime.helper` for why this is race-free."""
+        path = self.state_root / helper_socket_name()
+        sock = _connect_unix(path)
+        if sock is not None:
+            return sock
+        idle = helper_idle_seconds()
         try:
-            self._helper = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(theirs.fileno()), project,
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+            self.state_root.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self.state_root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise RuntimeFailure(f"monitor helper lock in {self.state_root}: {err.strerror}") from err
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = _connect_unix(path)  # started by another engine while we waited for the lock?
+            if sock is None:
+                self._start_helper(path, idle)
+                sock = _connect_unix(path)
+            if sock is None:
+                raise RuntimeFailure(f"the monitor helper for {self.state_root} did not start")
+            return sock
+        finally:
+            os.close(lock)
+
+    def _start_helper(self, path: Path, idle: float) -> None:
+        """Bind ``path`` and hand the listening socket to a new helper (called under the helper lock)."""
+        _remove_dead_helper_sockets(self.state_root)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with short_unix_path(path) as name:
+                listener.bind(name)
+            os.chmod(path, 0o600)
+            listener.listen(64)
+            self._starter = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(listener.fileno()), str(_PROJECT),
+                 str(self.state_root), path.name, repr(idle)],
+                pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
+                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
             )
         except OSError as err:
-            ours.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
             raise RuntimeFailure(f"starting the monitor helper ({sys.executable}) failed: {err.strerror}") from err
         finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        self._helper_conn = _Connection(reader, writer)
+            listener.close()
+
+    async def _stop_helper(self) -> None:
+        async with self._helper_lock:
+            conn = self._helper_conn
+            self._helper_conn = None
+            if conn is None:
+                sock = await asyncio.to_thread(_connect_unix, self.state_root / helper_socket_name())
+                if sock is None:
+                    return
+                reader, writer = await asyncio.open_unix_connection(sock=sock)
+                conn = _Connection(reader, writer)
+            pid: int | None = None
+            try:
+                await conn.send({"op": "shutdown"})
+                async with asyncio.timeout(5.0):
+                    while (frame := await conn.recv()) is not None:  # the reply, then EOF as the helper exits
+                        pid = frame[0].get("pid", pid)
+            except (ConnectionError, TimeoutError):
+                pass
+            finally:
+                conn.close()
+            if isinstance(pid, int):
+                await _process_gone(pid)
 
     def _runtime(self) -> Backend:
         if self._backend is None:
@@ -417,8 +549,10 @@ class Supervisor:
             })
         except OSError as err:
             raise RuntimeFailure(f"container {name}: cannot write state in {container_dir}: {err.strerror}") from err
-        await self._spawn(container_dir)
+        monitor_pid = await self._spawn(container_dir)
         reply = await self._request(container_dir, {"op": "start"}, timeout=None)
+        if reply is None or not reply.get("ok"):
+            await _process_gone(monitor_pid)  # a failed start returns once its monitor has cleaned up and exited
         if reply is None:  # the monitor finished before answering: the start failed, exit.json says why
             exit_raw = read_json(container_dir / EXIT_FILE)
             if exit_raw is None:
@@ -596,3 +730,45 @@ class Supervisor:
             cgroup.destroy()
         except OSError as err:
             raise KernelError(f"cgroup of container {container_dir.name}: {err.strerror}") from err
+
+
+def _connect_unix(path: Path) -> socket.socket | None:
+    """A connected socket to ``path``, or None when nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with short_unix_path(path) as name:
+            sock.connect(name)
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, NotADirectoryError):
+        sock.close()
+        return None
+    except OSError as err:
+        sock.close()
+        raise RuntimeFailure(f"monitor helper {path}: {err.strerror}") from err
+    return sock
+
+
+def _remove_dead_helper_sockets(state_root: Path) -> None:
+    """Socket files of helpers that died without retiring (killed, host crash) are just clutter."""
+    with contextlib.suppress(OSError, KiteboxError):
+        for name in os.listdir(state_root):
+            if name.startswith("helper-") and name.endswith(".sock"):
+                sock = _connect_unix(state_root / name)
+                if sock is None:
+                    with contextlib.suppress(OSError):
+                        (state_root / name).unlink()
+                else:
+                    sock.close()
+
+
+async def _process_gone(pid: int, timeout: float = 5.0) -> None:
+    """Until process ``pid`` has exited (a zombie counts as exited), at most ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except (OSError, IndexError):
+            return
+        await asyncio.sleep(0.002)

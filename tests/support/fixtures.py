@@ -142,11 +142,15 @@ def isolated_kitebox_config(
 ) -> Iterator[Path]:
     """Every test gets its own Kitebox config (``KITEBOX_CONFIG``): bridge, nftables table and subnet names
     unique to the test, so tests never touch a user's ``kitebox0`` and leave nothing behind: the teardown
-    deletes the test's links and table and unmounts the network namespaces under its tmp_path."""
+    deletes the test's links and table and unmounts the network namespaces under its tmp_path. Monitor helpers
+    of state roots under tmp_path (they outlive the engines that started them) are stopped too, and any helper
+    the test starts idles out after a minute even if this teardown never runs."""
     import json
     import os
     import secrets
     import subprocess
+
+    from engine.runtime.helper import stop_helpers
 
     tag = f"kbt{secrets.token_hex(3)}"
     path = tmp_path_factory.mktemp("kitebox-config") / "config.json"  # not in tmp_path: tests list it
@@ -156,8 +160,10 @@ def isolated_kitebox_config(
         network["default_subnet"] = _free_test_subnet()
     path.write_text(json.dumps({"network": network}))
     monkeypatch.setenv("KITEBOX_CONFIG", str(path))
+    monkeypatch.setenv("KITEBOX_HELPER_IDLE", "60")
     had_default = os.path.exists("/sys/class/net/kitebox0")
     yield path
+    stop_helpers(tmp_path)
     if os.geteuid() != 0:
         return
     if not had_default and os.path.exists("/sys/class/net/kitebox0"):
