@@ -214,7 +214,7 @@ class Engine:
                 live.append(record.id)
         # Network leftovers of containers that are gone (veths, leases, port rules, namespaces). Without network
         # state nothing was ever attached (--network none/host only): the network room is not even loaded.
-        if (self.root / "networks").exists():
+        if await asyncio.to_thread(_stale_attachments, self.root, set(live)):
             await self.networks.repair(live)
         return restarted
 
@@ -629,6 +629,29 @@ class Engine:
             "Root": str(self.root),
             "Pid": str(os.getpid()),
         }
+
+
+def _stale_attachments(root: Path, live: set[str]) -> bool:
+    """Are there network attachments (state entries or pinned namespaces) of containers not running any more?
+
+    Read straight from the files, so the (costly to import) network room loads only when there is something
+    to repair; an unreadable state file counts as "maybe": the repair itself will say what is wrong.
+    """
+    import json
+
+    try:
+        pinned = set(os.listdir(root / "netns"))
+    except FileNotFoundError:
+        pinned = set()
+    if pinned - live:
+        return True
+    try:
+        endpoints = json.loads((root / "networks" / "state.json").read_text()).get("endpoints") or {}
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True
+    return bool(set(endpoints) - live)
 
 
 def _monitor_alive(bundle: Path) -> bool:
