@@ -566,7 +566,9 @@ class _DirWatch:
     def close(self) -> None:
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
-            os.close(self._fd)
+            # Closing an inotify descriptor waits for an RCU grace period (up to ~20 ms): do it on the loop's
+            # executor so the caller goes on; the loop joins its executor when it shuts down.
+            self._loop.run_in_executor(None, os.close, self._fd)
             self._fd = -1
 
 
