@@ -84,6 +84,42 @@ def probe_overlay(root: Path, *, syscalls: MountSyscalls | None = None) -> str |
         remove_tree(probe)
 
 
+_PROBED = "overlay-probed"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _probed_this_boot(root: Path, syscalls: MountSyscalls | None) -> bool:
+    """Overlay worked under ``root`` earlier in this boot (the probe mounts, ~10-25 ms: once per boot is enough).
+
+    Only for the real kernel: tests that pass fake ``syscalls`` always probe.
+    """
+    if syscalls is not None:
+        return False
+    try:
+        remembered = (root / _PROBED).read_text().strip()
+    except OSError:
+        return False
+    return bool(remembered) and remembered == f"{_boot_id()} {os.geteuid()}"
+
+
+def _remember_probe(root: Path, syscalls: MountSyscalls | None) -> None:
+    if syscalls is not None:
+        return
+    tmp = root / f".{_PROBED}.{os.getpid()}"
+    try:
+        tmp.write_text(f"{_boot_id()} {os.geteuid()}\n")
+        os.replace(tmp, root / _PROBED)
+    except OSError:
+        pass  # only a cache: the next open probes again
+
+
 def open_snapshotter(root: Path, choice: str = "auto", *, syscalls: MountSyscalls | None = None) -> Snapshotter:
     """Open the snapshotter under ``root`` (``<state>/snapshots``), run its cleanup, and return it.
 
@@ -102,8 +138,9 @@ def open_snapshotter(root: Path, choice: str = "auto", *, syscalls: MountSyscall
     if choice == "copy":
         snapshotter = CopySnapshotter(root / "copy")
     else:
-        failure = probe_overlay(root, syscalls=syscalls)
+        failure = None if _probed_this_boot(root, syscalls) else probe_overlay(root, syscalls=syscalls)
         if failure is None:
+            _remember_probe(root, syscalls)
             snapshotter = OverlaySnapshotter(root / "overlay", userxattr=os.geteuid() != 0)
         elif choice == "overlay":
             raise KernelError(f"overlay snapshotter unsupported under {root}: {failure}")
