@@ -37,7 +37,7 @@ from engine.manifest import (
 )
 from engine.reference import Reference
 from engine.registry import RegistryClient
-from engine.unpacker import LayerSource, Unpacker, UnpackResult
+from engine.unpacker import LayerSource, Unpacker, UnpackResult, first_cause
 
 __all__ = ["PullResult", "Puller"]
 
@@ -81,30 +81,6 @@ class _Progress:
     def emit(self, phase: str) -> None:
         if self._sink is not None:
             self._sink(PullProgress(self._reference, None, phase, sum(self._done.values()), self._total))
-
-
-def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a failed task group: the first Kitebox error (the root cause), else the first.
-
-    When one layer fails, its siblings are cancelled or fail as a consequence (a feed abandoned, a source
-    failed), so the first Kitebox error in the group is the one that names what went wrong.
-    """
-    from engine.errors import KiteboxError
-
-    flat: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        else:
-            flat.append(error)
-
-    walk(group)
-    for error in flat:
-        if isinstance(error, KiteboxError):
-            return error
-    return flat[0]
 
 
 class Puller:
@@ -215,7 +191,7 @@ class Puller:
                 if unpacker is not None:
                     group.create_task(unpack())
         except BaseExceptionGroup as group_error:
-            raise _first_cause(group_error) from None
+            raise first_cause(group_error) from None
         tracker.emit("done")
         return PullResult(
             ref, digest, media_type, index_digest, manifest, config_desc.digest, config,

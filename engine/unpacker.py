@@ -6,6 +6,16 @@ upper directory (``engine.unpack.apply_layer``, in a worker thread, verifying th
 committed as ``c``. A crash leaves only a temporary snapshot that the snapshotter's ``cleanup`` removes: no
 partial snapshot is ever visible under a ChainID.
 
+Overlay snapshots (run as root) are unpacked concurrently: each missing layer is applied as its bytes arrive
+into a temporary snapshot *without* a parent (``engine.unpack.apply_layer_detached``), up to ``concurrency``
+layers at a time, taken bottom-up. Commits stay bottom-up: once a layer's parent is committed, its snapshot is
+rebased onto the parent (``OverlaySnapshotter.rebase``, metadata only), finished with the lowers' metadata
+(``DetachedLayer.stack``) and committed. A layer that cannot be finished exactly without its lowers (a hard
+link into a lower layer...) is discarded and applied again the sequential way from the committed blob. Apply
+slots and download slots are both taken bottom-up, so the lowest unfinished layer always has both: bounded
+feeds cannot deadlock. The copy snapshotter (whose active snapshots are full copies of the parent) keeps the
+sequential path.
+
 Where the bytes come from (``LayerSource``): while a layer is being downloaded from offset 0, its chunks are
 teed into a bounded ``ByteFeed`` and decompressed/untarred as they arrive; otherwise (already in the store,
 resumed, or downloaded by another pull) the committed blob is read from the content store. A streamed layer
@@ -18,9 +28,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from engine.config import Limits
 from engine.content import ContentStore
@@ -28,12 +39,14 @@ from engine.digest import chain_id
 from engine.errors import Conflict
 from engine.events import PullProgress
 from engine.images import LayerRecord
-from engine.snapshots import TEMPORARY_LABEL, Snapshotter
+from engine.snapshots import TEMPORARY_LABEL, OverlaySnapshotter, Snapshotter
 from engine.unpack import ApplyResult, ByteFeed, apply_layer
+from engine.unpack.detached import apply_layer_detached, can_apply_detached
 
-__all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids"]
+__all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids", "first_cause"]
 
 _FEED_BUFFER = 32 * 2**20
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -76,6 +89,62 @@ class UnpackResult:
     applied: tuple[ApplyResult, ...]
 
 
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed task group: the first Kitebox error (the root cause), else the first.
+
+    When one layer fails, its siblings are cancelled or fail as a consequence (a feed abandoned, a source
+    failed), so the first Kitebox error in the group is the one that names what went wrong.
+    """
+    from engine.errors import KiteboxError
+
+    flat: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            flat.append(error)
+
+    walk(group)
+    for error in flat:
+        if isinstance(error, KiteboxError):
+            return error
+    return flat[0]
+
+
+async def _in_thread(work: Callable[[], _T], name: str) -> _T:
+    """Run blocking ``work`` in a thread of its own and await its result.
+
+    Not the loop's default executor: a layer application may block for as long as its download is stalled,
+    and several of them (several pulls, several layers) must never starve the executor that the rest of the
+    engine (snapshot transactions, blob commits) needs to make progress.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: BaseException | None, value: _T | None) -> None:
+        if done.done():
+            return
+        if outcome is not None:
+            done.set_exception(outcome)
+        else:
+            done.set_result(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            value = work()
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+                loop.call_soon_threadsafe(settle, exc, None)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, None, value)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
+
+
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     ids: list[str] = []
     parent: str | None = None
@@ -86,14 +155,24 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
 
 
 class Unpacker:
-    def __init__(self, snapshotter: Snapshotter, content: ContentStore, limits: Limits) -> None:
+    """Unpacks images into ``snapshotter``; ``concurrency``: layers applied at once (overlay, root only)."""
+
+    def __init__(
+        self, snapshotter: Snapshotter, content: ContentStore, limits: Limits, *, concurrency: int = 3
+    ) -> None:
         self._snapshotter = snapshotter
         self._content = content
         self._limits = limits
+        self._concurrency = max(1, concurrency)
 
     def missing(self, diff_ids: Sequence[str]) -> list[int]:
         """Positions of the layers whose snapshot does not exist yet."""
         return [i for i, cid in enumerate(chain_ids(diff_ids)) if not self._snapshotter.exists(cid)]
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether layers are applied concurrently (overlay snapshotter, privileged process)."""
+        return self._concurrency > 1 and isinstance(self._snapshotter, OverlaySnapshotter) and can_apply_detached()
 
     async def unpack(
         self,
@@ -104,92 +183,178 @@ class Unpacker:
         reference: str = "",
     ) -> UnpackResult:
         """Commit a snapshot for every layer; ``sources`` maps positions to live sources (others: the store)."""
-        applied: list[ApplyResult] = []
-        parent: str | None = None
-        for position, layer in enumerate(layers):
-            cid = chain_id(parent, layer.diff_id)
-            if await asyncio.to_thread(self._snapshotter.exists, cid):
-                parent = cid
-                continue
-            source = (sources or {}).get(position)
+        if not layers:
+            raise Conflict("image has no layers to unpack")
+        cids = chain_ids([layer.diff_id for layer in layers])
+        first_missing = len(layers)
+        for position, cid in enumerate(cids):
+            if not await asyncio.to_thread(self._snapshotter.exists, cid):
+                first_missing = position
+                break
+        sources = sources or {}
+        if not self.concurrent:
+            applied: list[ApplyResult] = []
+            for position in range(first_missing, len(layers)):
+                parent = cids[position - 1] if position else None
+                applied.append(await self._one_sequential(
+                    layers[position], parent, cids[position], sources.get(position), progress, reference))
+            return UnpackResult(cids[-1], tuple(applied))
+        results: dict[int, ApplyResult] = {}
+        committed = {position: asyncio.Event() for position in range(first_missing, len(layers))}
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def one(position: int) -> None:
+            parent = cids[position - 1] if position else None
+            below = committed.get(position - 1)
+            results[position] = await self._one_concurrent(
+                layers[position], parent, cids[position], below, sources.get(position), slots, progress, reference)
+            committed[position].set()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for position in range(first_missing, len(layers)):  # created bottom-up: slots go bottom-up
+                    group.create_task(one(position))
+        except BaseExceptionGroup as group_error:
+            raise first_cause(group_error) from None
+        return UnpackResult(cids[-1], tuple(results[p] for p in sorted(results)))
+
+    async def _one_sequential(
+        self, layer: LayerRecord, parent: str | None, cid: str, source: LayerSource | None,
+        progress: Callable[[PullProgress], None] | None, reference: str,
+    ) -> ApplyResult:
+        if progress is not None:
+            progress(PullProgress(reference, layer.digest, "extracting", 0, layer.size))
+        result = await self._apply_one(layer, parent, cid, source)
+        if progress is not None:
+            progress(PullProgress(reference, layer.digest, "done", layer.size, layer.size))
+        return result
+
+    async def _one_concurrent(
+        self, layer: LayerRecord, parent: str | None, cid: str, below: asyncio.Event | None,
+        source: LayerSource | None, slots: asyncio.Semaphore, progress: Callable[[PullProgress], None] | None,
+        reference: str,
+    ) -> ApplyResult:
+        """Apply ``layer`` detached (holding an apply slot), then rebase, stack and commit it after ``below``."""
+        sn = self._snapshotter
+        assert isinstance(sn, OverlaySnapshotter)  # self.concurrent
+        key = _temporary_key(cid)
+        async with slots:
             if progress is not None:
                 progress(PullProgress(reference, layer.digest, "extracting", 0, layer.size))
-            result = await self._apply_one(layer, parent, cid, source)
-            applied.append(result)
-            if progress is not None:
-                progress(PullProgress(reference, layer.digest, "done", layer.size, layer.size))
-            parent = cid
-        if parent is None:
-            raise Conflict("image has no layers to unpack")
-        return UnpackResult(parent, tuple(applied))
+            await asyncio.to_thread(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
+            try:
+                upper = await asyncio.to_thread(sn.upper_dir, key)
+                detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
+                    reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
+                    whiteouts=sn.whiteout_mode, limits=self._limits))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(sn.remove, key)
+                raise
+        try:
+            if below is not None:
+                await below.wait()
+            stacked = False
+            if not detached.needs_lowers:
+                await asyncio.to_thread(sn.rebase, key, parent)
+                lowers = await asyncio.to_thread(sn.parent_dirs, key)
+                stacked = await asyncio.to_thread(detached.stack, lowers)
+            if stacked:
+                await _blob_verified(source)
+                await self._commit(key, cid)
+                result = detached.result
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(sn.remove, key)
+            raise
+        finally:
+            detached.close()
+        if not stacked:  # apply it again, the sequential way, from the committed blob
+            await asyncio.to_thread(sn.remove, key)
+            await _blob_verified(source)
+            result = await self._apply_one(layer, parent, cid, None)
+        if progress is not None:
+            progress(PullProgress(reference, layer.digest, "done", layer.size, layer.size))
+        return result
+
+    async def _read_and_apply(
+        self, layer: LayerRecord, source: LayerSource | None, apply: Callable[[BinaryIO], _T]
+    ) -> _T:
+        """Run ``apply`` on the layer's compressed bytes (the live feed, else the committed blob) in a thread.
+
+        A streamed layer is not verified yet when this returns: wait for ``_blob_verified`` before committing.
+        """
+        if source is not None:
+            await source.decided.wait()
+            if source.error is not None:
+                raise source.error
+        if source is not None and source.streaming:
+            reader: BinaryIO = source.feed  # type: ignore[assignment]
+            close_reader: Callable[[], None] = lambda: None  # noqa: E731
+        else:
+            await _blob_verified(source)
+            handle = open(self._content.path(layer.digest), "rb")  # noqa: SIM115 (closed below)
+            reader, close_reader = handle, handle.close
+
+        def work() -> _T:
+            try:
+                return apply(reader)
+            finally:
+                close_reader()
+
+        thread_job = asyncio.ensure_future(_in_thread(work, f"apply-{layer.digest[7:19]}"))
+        try:
+            return await asyncio.shield(thread_job)
+        except asyncio.CancelledError:
+            # Wake the worker if it is blocked on the feed, and let it finish before the snapshot goes.
+            if source is not None and source.streaming:
+                source.feed.fail(asyncio.CancelledError())
+            with contextlib.suppress(BaseException):
+                await thread_job
+            raise
+        except BaseException as exc:
+            if source is not None and source.streaming:
+                source.feed.abandon(exc)
+            raise
+
+    async def _commit(self, key: str, cid: str) -> None:
+        sn = self._snapshotter
+        try:
+            await asyncio.to_thread(sn.commit, cid, key)
+        except Conflict:
+            # Another pull committed the same ChainID meanwhile: theirs is identical; drop ours.
+            if not await asyncio.to_thread(sn.exists, cid):
+                raise
+            await asyncio.to_thread(sn.remove, key)
 
     async def _apply_one(
         self, layer: LayerRecord, parent: str | None, cid: str, source: LayerSource | None
     ) -> ApplyResult:
         sn = self._snapshotter
-        key = f"extract-{os.getpid()}-{secrets.token_hex(6)} {cid}"
+        key = _temporary_key(cid)
         await asyncio.to_thread(sn.prepare, key, parent, labels={TEMPORARY_LABEL: "1"})
         try:
             upper = sn.upper_dir(key)
             lower = sn.parent_dirs(key)
-            if source is not None:
-                await source.decided.wait()
-                if source.error is not None:
-                    raise source.error
-            if source is not None and source.streaming:
-                reader: BinaryIO = source.feed  # type: ignore[assignment]
-                close_reader: Callable[[], None] = lambda: None  # noqa: E731
-            else:
-                if source is not None:
-                    await source.committed.wait()
-                    if source.error is not None:
-                        raise source.error
-                handle = open(self._content.path(layer.digest), "rb")  # noqa: SIM115 (closed below)
-                reader, close_reader = handle, handle.close
-
-            def work() -> ApplyResult:
-                try:
-                    return apply_layer(
-                        reader,
-                        layer.media_type,
-                        upper,
-                        layer_digest=layer.digest,
-                        expected_diff_id=layer.diff_id,
-                        whiteouts=sn.whiteout_mode,
-                        lower=lower,
-                        limits=self._limits,
-                    )
-                finally:
-                    close_reader()
-
-            thread_job = asyncio.ensure_future(asyncio.to_thread(work))
-            try:
-                result = await asyncio.shield(thread_job)
-            except asyncio.CancelledError:
-                # Wake the worker if it is blocked on the feed, and let it finish before the snapshot goes.
-                if source is not None and source.streaming:
-                    source.feed.fail(asyncio.CancelledError())
-                with contextlib.suppress(BaseException):
-                    await thread_job
-                raise
-            except BaseException as exc:
-                if source is not None and source.streaming:
-                    source.feed.abandon(exc)
-                raise
-            if source is not None:
-                # A streamed layer is only as good as its blob: wait for the store's digest check too.
-                await source.committed.wait()
-                if source.error is not None:
-                    raise source.error
-            try:
-                await asyncio.to_thread(sn.commit, cid, key)
-            except Conflict:
-                # Another pull committed the same ChainID meanwhile: theirs is identical; drop ours.
-                if not await asyncio.to_thread(sn.exists, cid):
-                    raise
-                await asyncio.to_thread(sn.remove, key)
+            result = await self._read_and_apply(layer, source, lambda reader: apply_layer(
+                reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
+                whiteouts=sn.whiteout_mode, lower=lower, limits=self._limits))
+            await _blob_verified(source)
+            await self._commit(key, cid)
             return result
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(sn.remove, key)
             raise
+
+
+def _temporary_key(cid: str) -> str:
+    return f"extract-{os.getpid()}-{secrets.token_hex(6)} {cid}"
+
+
+async def _blob_verified(source: LayerSource | None) -> None:
+    """Wait until the layer's blob is committed (its digest verified by the content store); raise its failure."""
+    if source is not None:
+        await source.committed.wait()
+        if source.error is not None:
+            raise source.error

@@ -30,10 +30,10 @@ import os
 import secrets
 from pathlib import Path
 
-from engine.errors import from_oserror
+from engine.errors import Conflict, from_oserror
 from engine.snapshots.base import Kind, Mount
 from engine.snapshots.common import DirectorySnapshotter
-from engine.snapshots.store import Record, Transaction
+from engine.snapshots.store import Record, Transaction, validate_key
 
 __all__ = ["OverlaySnapshotter"]
 
@@ -101,6 +101,28 @@ class OverlaySnapshotter(DirectorySnapshotter):
                     continue
                 except OSError as err:
                     raise from_oserror(err, f"cleanup {self._links / name}") from err
+
+    def rebase(self, key: str, parent: str | None) -> None:
+        """Stack active ``key``, created without a parent, on committed ``parent``, in one transaction.
+
+        Why: an overlay layer's directory does not depend on what lies below it, so an unpacker may apply a
+        layer into a parentless temporary snapshot while its parent is still being unpacked, then rebase it once
+        the parent is committed and commit it as usual. Nothing moves on disk; until ``commit`` the snapshot is
+        as temporary as any other (``cleanup`` removes it when its process died). ``key`` must not be mounted
+        (its mounts change with its parent). ``Conflict`` if ``key`` is not active or already has a parent,
+        ``NotFound`` / ``Conflict`` if ``parent`` is missing or not committed.
+        """
+        validate_key(key)
+        if parent is not None:
+            validate_key(parent, "parent snapshot key")
+        with self._store.write() as txn:
+            record = txn.require(key)
+            if record.kind != "active":
+                raise Conflict(f"snapshot {key!r}: is {record.kind}, cannot rebase it")
+            if record.parent_id is not None:
+                raise Conflict(f"snapshot {key!r}: already has parent {record.parent_key!r}, cannot rebase it")
+            if parent is not None:
+                txn.set_parent(record, txn.require_committed(parent))
 
     def _relative(self, record: Record, leaf: str) -> str:
         return f"snapshots/{record.id}/{leaf}"

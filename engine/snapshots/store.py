@@ -189,6 +189,12 @@ class Transaction:
             (name, json.dumps(dict(labels), sort_keys=True), size, record.id),
         )
 
+    def set_parent(self, record: Record, parent: Record | None) -> None:
+        """Change ``record``'s parent (the caller checked that this is meaningful: see ``rebase``)."""
+        self._conn.execute(
+            "UPDATE snapshots SET parent = ? WHERE id = ?", (parent.id if parent else None, record.id)
+        )
+
     def delete(self, record: Record) -> None:
         self._conn.execute("DELETE FROM snapshots WHERE id = ?", (record.id,))
 

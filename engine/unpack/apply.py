@@ -2,7 +2,8 @@
 
 Contract: ``apply_layer`` is blocking (run it in a thread). It reads the *compressed* blob from ``source``,
 decompresses it by media type in a background thread, hashes the uncompressed bytes into the DiffID,
-parses the tar with ``tarfile`` (headers only: PAX, GNU long names, sparse maps) and writes every entry
+parses the tar headers (``tarheader.parse_basic`` for plain ustar ones, ``tarfile`` for PAX, GNU long names,
+sparse maps and anything unusual) and writes every entry
 with fd-relative syscalls below ``target``. On any error the target is left half-written: the caller
 (the snapshotter) discards it. Errors are ``LayerRejected`` (hostile or corrupt input), ``LimitExceeded``
 (bombs), ``DigestMismatch`` (DiffID), or ``from_oserror`` translations (a full disk).
@@ -41,6 +42,7 @@ from engine.config import Limits
 from engine.errors import DigestMismatch, KiteboxError, LayerRejected, LimitExceeded, from_oserror
 from engine.unpack.decompress import ByteSource, LayerStream, compression_for
 from engine.unpack.safepath import DirCache, NotADirectoryInLayer, RootDir, clean_parts
+from engine.unpack.tarheader import parse_basic, tarfile_next
 from engine.unpack.xattrs import XattrRefused, layer_xattrs
 
 __all__ = ["ApplyResult", "WhiteoutMode", "apply_layer"]
@@ -85,19 +87,29 @@ def apply_layer(
     topmost first, used for hardlinks to lower files and for implied parent directories.
     ``use_openat2``: None picks openat2 when the kernel has it; False forces the O_NOFOLLOW walk.
     """
-    compression = compression_for(media_type)
-    try:
-        root = RootDir(target, use_openat2=use_openat2)
-    except OSError as err:
-        raise from_oserror(err, f"layer {layer_digest}: target {target}") from err
+    root = open_root(target, layer_digest, use_openat2)
     applier = _Applier(root, layer_digest, whiteouts, lower, limits)
     try:
-        with LayerStream(source, compression, layer_digest=layer_digest, limits=limits) as stream:
+        with LayerStream(source, compression_for(media_type), layer_digest=layer_digest, limits=limits) as stream:
             applier.run(stream)
             diff_id, size = stream.result()
         applier.finish()
     finally:
         applier.close()
+    return checked_result(applier, layer_digest, expected_diff_id, diff_id, size)
+
+
+def open_root(target: Path, layer_digest: str, use_openat2: bool | None) -> RootDir:
+    try:
+        return RootDir(target, use_openat2=use_openat2)
+    except OSError as err:
+        raise from_oserror(err, f"layer {layer_digest}: target {target}") from err
+
+
+def checked_result(
+    applier: _Applier, layer_digest: str, expected_diff_id: str | None, diff_id: str, size: int
+) -> ApplyResult:
+    """The result, once the DiffID computed over the whole stream is the one the image config names."""
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"layer {layer_digest}: DiffID mismatch: got {diff_id}, expected {expected_diff_id}")
     return ApplyResult(diff_id=diff_id, entries=applier.entries, uncompressed_bytes=size)
@@ -162,28 +174,24 @@ class _Applier:
         return block == _ZERO_BLOCK
 
     def run(self, stream: LayerStream) -> None:
-        if self._at_end(stream):
-            return
-        try:
-            tar = tarfile.TarFile(
-                fileobj=cast(IO[bytes], stream), mode="r", encoding="utf-8", errors="surrogateescape"
-            )
-        except (tarfile.TarError, ValueError, UnicodeError) as err:
-            raise LayerRejected(f"layer {self.digest}: corrupt tar stream: {err}") from err
-        members: list[tarfile.TarInfo] = tar.members  # type: ignore[attr-defined]  # not in typeshed
-        while True:
+        """Apply every entry up to the end-of-archive marker.
+
+        Basic headers are read by ``parse_basic``; anything else (and everything once a PAX global header is in
+        effect) by ``tarfile``, created at the first such header and repositioned for each later one.
+        """
+        tar: tarfile.TarFile | None = None
+        while not self._at_end(stream):
             offset = stream.tell()
-            try:
-                member = tar.next()
-            except (tarfile.TarError, ValueError, UnicodeError) as err:
-                raise LayerRejected(f"layer {self.digest}: corrupt tar stream: {err}") from err
-            if member is None:
-                raise LayerRejected(f"layer {self.digest}: corrupt tar stream: invalid header at offset {offset}")
-            members.clear()  # tarfile keeps every member otherwise: memory grows with the layer
+            basic = parse_basic(stream.peek(tarfile.BLOCKSIZE)) if tar is None or not tar.pax_headers else None
+            if basic is not None:
+                member, data_size = basic
+                stream.skip(tarfile.BLOCKSIZE)
+                end = offset + tarfile.BLOCKSIZE + data_size
+            else:
+                tar, member = tarfile_next(cast(IO[bytes], stream), tar, offset, self.digest)
+                end = tar.offset
             self._entry(member, stream)
-            stream.seek(tar.offset)
-            if self._at_end(stream):
-                return
+            stream.seek(end)
 
     def _entry(self, member: tarfile.TarInfo, stream: LayerStream) -> None:
         name = member.name
@@ -418,6 +426,10 @@ class _Applier:
         found = self.root.lookup(target)
         if found is not None:
             return found
+        return self._link_source_below(target, linkname)
+
+    def _link_source_below(self, target: tuple[str, ...], linkname: str) -> tuple[int, str]:
+        """``_link_source`` for a target this layer does not have: copy it up from a lower layer."""
         for lower in self.lowers:
             below = lower.lookup(target)
             if below is not None:
@@ -539,8 +551,8 @@ class _Applier:
 
     # -- the end ---------------------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """Opaque directories (delete mode), AUFS scratch, then directory times, deepest first."""
+    def finish(self, *, dir_times: bool = True) -> None:
+        """Opaque directories (delete mode), AUFS scratch, then (with ``dir_times``) directory times."""
         try:
             self.dirs.invalidate()
             for dir_parts in self.opaque:
@@ -556,13 +568,18 @@ class _Applier:
                     os.close(fd)
             if self.aufs_links:
                 shutil.rmtree(_WH_LINKDIR, dir_fd=self.root.fd)
-            self.dir_times.sort(key=lambda item: len(item[0]), reverse=True)
-            for parts, atime, mtime in self.dir_times:
-                self._set_dir_times(parts, atime, mtime)
+            if dir_times:
+                self.set_dir_times()
         except KiteboxError:
             raise
         except OSError as err:
             raise from_oserror(err, f"layer {self.digest}") from err
+
+    def set_dir_times(self) -> None:
+        """Every recorded directory time, deepest first (equal depths: in recording order, last wins)."""
+        self.dir_times.sort(key=lambda item: len(item[0]), reverse=True)
+        for parts, atime, mtime in self.dir_times:
+            self._set_dir_times(parts, atime, mtime)
 
     def _set_dir_times(self, parts: tuple[str, ...], atime: int, mtime: int) -> None:
         if not parts:
