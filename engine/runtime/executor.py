@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from engine.errors import CommandNotExecutable, CommandNotFound, KiteboxError
+from engine.mountopts import mount_flags
 from engine.runtime import seccomp, syscalls
 from engine.runtime.caps import PR_SET_KEEPCAPS, apply_capabilities, caps_mask, drop_bounding, last_cap
 from engine.runtime.cgroups import cgroup_manager, detect_cgroup_mode, v1_hierarchies
@@ -237,43 +238,6 @@ def _split_env(env: Sequence[str]) -> list[tuple[str, str]]:
         key, _, value = item.partition("=")
         pairs.append((key, value))
     return pairs
-
-
-_FLAG_WORDS: dict[str, tuple[bool, int]] = {
-    "ro": (False, syscalls.MS_RDONLY), "rw": (True, syscalls.MS_RDONLY),
-    "nosuid": (False, syscalls.MS_NOSUID), "suid": (True, syscalls.MS_NOSUID),
-    "nodev": (False, syscalls.MS_NODEV), "dev": (True, syscalls.MS_NODEV),
-    "noexec": (False, syscalls.MS_NOEXEC), "exec": (True, syscalls.MS_NOEXEC),
-    "sync": (False, 0x10), "async": (True, 0x10), "dirsync": (False, 0x80),
-    "noatime": (False, 0x400), "atime": (True, 0x400), "nodiratime": (False, 0x800), "diratime": (True, 0x800),
-    "relatime": (False, 0x200000), "norelatime": (True, 0x200000), "strictatime": (False, 0x1000000),
-    "bind": (False, syscalls.MS_BIND), "rbind": (False, syscalls.MS_BIND | syscalls.MS_REC),
-}
-_PROPAGATION_WORDS: dict[str, int] = {
-    "private": syscalls.MS_PRIVATE, "rprivate": syscalls.MS_PRIVATE | syscalls.MS_REC,
-    "slave": syscalls.MS_SLAVE, "rslave": syscalls.MS_SLAVE | syscalls.MS_REC,
-    "shared": 0x100000, "rshared": 0x100000 | syscalls.MS_REC,
-    "unbindable": 0x20000, "runbindable": 0x20000 | syscalls.MS_REC,
-}
-
-
-def mount_flags(options: Sequence[str]) -> tuple[int, int, str]:
-    """Split mount(8)-style options into (flags, propagation flags, filesystem data); later words win.
-
-    (The same split as :func:`engine.snapshots.mount.mount_flags`, kept here so the pre-exec path imports
-    nothing beyond the runtime room.)
-    """
-    flags = propagation = 0
-    data: list[str] = []
-    for option in options:
-        if option in _FLAG_WORDS:
-            clear, bit = _FLAG_WORDS[option]
-            flags = flags & ~bit if clear else flags | bit
-        elif option in _PROPAGATION_WORDS:
-            propagation |= _PROPAGATION_WORDS[option]
-        else:
-            data.append(option)
-    return flags, propagation, ",".join(data)
 
 
 def _mount_options(options: Sequence[str], fstype: str, source: str, target: str) -> None:

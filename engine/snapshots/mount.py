@@ -29,6 +29,16 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.errors import KernelError, NotFound, from_oserror
+from engine.mountopts import (
+    MS_BIND,
+    MS_PRIVATE,
+    MS_REC,
+    MS_REMOUNT,
+    MS_SHARED,
+    MS_SLAVE,
+    MS_UNBINDABLE,
+    mount_flags,
+)
 from engine.snapshots.base import Mount
 
 __all__ = [
@@ -38,66 +48,13 @@ __all__ = [
     "RecordingMountSyscalls",
     "is_mountpoint",
     "mount_all",
-    "mount_flags",
     "mount_points",
     "unmount",
 ]
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_SYNCHRONOUS = 0x10
-MS_REMOUNT = 0x20
-MS_DIRSYNC = 0x80
-MS_NOATIME = 0x400
-MS_NODIRATIME = 0x800
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_UNBINDABLE = 0x20000
-MS_PRIVATE = 0x40000
-MS_SLAVE = 0x80000
-MS_SHARED = 0x100000
-MS_RELATIME = 0x200000
-MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 CLONE_FS = 0x200
-
-# option word -> (clear instead of set, flag)
-_FLAG_WORDS: dict[str, tuple[bool, int]] = {
-    "ro": (False, MS_RDONLY),
-    "rw": (True, MS_RDONLY),
-    "nosuid": (False, MS_NOSUID),
-    "suid": (True, MS_NOSUID),
-    "nodev": (False, MS_NODEV),
-    "dev": (True, MS_NODEV),
-    "noexec": (False, MS_NOEXEC),
-    "exec": (True, MS_NOEXEC),
-    "sync": (False, MS_SYNCHRONOUS),
-    "async": (True, MS_SYNCHRONOUS),
-    "dirsync": (False, MS_DIRSYNC),
-    "noatime": (False, MS_NOATIME),
-    "atime": (True, MS_NOATIME),
-    "nodiratime": (False, MS_NODIRATIME),
-    "diratime": (True, MS_NODIRATIME),
-    "relatime": (False, MS_RELATIME),
-    "norelatime": (True, MS_RELATIME),
-    "strictatime": (False, MS_STRICTATIME),
-    "bind": (False, MS_BIND),
-    "rbind": (False, MS_BIND | MS_REC),
-}
-_PROPAGATION_WORDS: dict[str, int] = {
-    "private": MS_PRIVATE,
-    "rprivate": MS_PRIVATE | MS_REC,
-    "slave": MS_SLAVE,
-    "rslave": MS_SLAVE | MS_REC,
-    "shared": MS_SHARED,
-    "rshared": MS_SHARED | MS_REC,
-    "unbindable": MS_UNBINDABLE,
-    "runbindable": MS_UNBINDABLE | MS_REC,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class MountCall:
@@ -209,22 +166,6 @@ def _default_syscalls() -> RealMountSyscalls:
     if _real is None:
         _real = RealMountSyscalls()
     return _real
-
-
-def mount_flags(options: Sequence[str]) -> tuple[int, int, str]:
-    """Split options into (mount flags, propagation flags, filesystem data)."""
-    flags = 0
-    propagation = 0
-    data: list[str] = []
-    for option in options:
-        if option in _FLAG_WORDS:
-            clear, bit = _FLAG_WORDS[option]
-            flags = flags & ~bit if clear else flags | bit
-        elif option in _PROPAGATION_WORDS:
-            propagation |= _PROPAGATION_WORDS[option]
-        else:
-            data.append(option)
-    return flags, propagation, ",".join(data)
 
 
 def _mount_one(spec: Mount, target: str, syscalls: MountSyscalls) -> int:

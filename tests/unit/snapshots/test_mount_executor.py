@@ -9,21 +9,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import KernelError, NotFound
+from engine.mountopts import MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount_flags
 from engine.snapshots import Mount, RecordingMountSyscalls, mount_all, unmount
-from engine.snapshots.mount import (
-    MNT_DETACH,
-    MS_BIND,
-    MS_NODEV,
-    MS_NOSUID,
-    MS_PRIVATE,
-    MS_RDONLY,
-    MS_REC,
-    MS_REMOUNT,
-    UMOUNT_NOFOLLOW,
-    MountCall,
-    mount_flags,
-    mount_points,
-)
+from engine.snapshots.mount import MNT_DETACH, UMOUNT_NOFOLLOW, MountCall, mount_points
 
 TARGET = Path("/run/kitebox/rootfs")
 
