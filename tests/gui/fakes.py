@@ -34,6 +34,7 @@ class FakeLog:
         self.running = True
         self._changed = asyncio.Event()
         self._clock = 1_780_000_000_000_000_000
+        self.pages = 0  # calls of ``before``
 
     def write(self, text: str, stream: str = "stdout", *, same_time: bool = False) -> Line:
         if not same_time:
@@ -70,3 +71,13 @@ class FakeLog:
     async def history(self) -> AsyncIterator[Line]:
         for line in list(self.lines):
             yield line
+
+    async def before(self, time_ns: int, held: int, count: int) -> list[Line]:
+        from app.gui.logbuffer import time_ns_of
+
+        older = [line for line in self.lines if time_ns_of(line.time) <= time_ns]
+        while held and older and time_ns_of(older[-1].time) == time_ns:
+            older.pop()
+            held -= 1
+        self.pages += 1
+        return older[-count:] if count else []

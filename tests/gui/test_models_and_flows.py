@@ -14,7 +14,7 @@ from pytestqt.qtbot import QtBot
 from app.gui.app import FirstRun, Problem, preflight
 from app.gui.images_page import ImageTableModel, VolumeTableModel, human_size
 from app.gui.new_container import HitListModel
-from app.gui.recreate import normalise_name, options_from_record, plan_recreate
+from app.gui.recreate import normalise_name, options_from_record, plan_recreate, publish_spec
 from app.gui.search import DockerHubProvider, ImageHit, LocalImagesProvider, SearchService
 from app.gui.settings import GuiSettings, PendingCreate
 from app.gui.sidebar import ContainerListModel, SidebarEntry
@@ -150,9 +150,22 @@ def test_options_from_record_round_trip_keeps_volumes_by_name() -> None:
     assert options.env == ("PATH=/bin", "MODE=prod")
     assert options.restart == "on-failure:3" and options.memory == 64 << 20 and options.cpus == 1.5
     assert options.cmd == ("sh", "-c", "echo hi") and options.entrypoint is None
+    assert options.publish == () and not options.publish_all
 
 
-def test_plan_rename_only_in_place_and_recreate_keeps_old() -> None:
+def test_publish_specs_round_trip_through_stored_bindings() -> None:
+    bindings = [{"container_port": 80, "protocol": "tcp", "host_ip": "", "host_port": 8080, "host_port_last": 0},
+                {"container_port": 53, "protocol": "udp", "host_ip": "127.0.0.1", "host_port": 0,
+                 "host_port_last": 0},
+                {"container_port": 443, "protocol": "tcp", "host_ip": "", "host_port": 0, "host_port_last": 0},
+                {"container_port": 9000, "protocol": "tcp", "host_ip": "", "host_port": 9000, "host_port_last": 9010}]
+    assert [publish_spec(b) for b in bindings] == ["8080:80/tcp", "127.0.0.1::53/udp", "443/tcp", "9000-9010:9000/tcp"]
+    options = options_from_record(record(PortBindings=bindings, PublishAllPorts=True))
+    assert options.publish == ("8080:80/tcp", "127.0.0.1::53/udp", "443/tcp", "9000-9010:9000/tcp")
+    assert options.publish_all
+
+
+def test_plan_rename_only_in_place_and_recreate_keeps_data_and_optionally_the_old() -> None:
     from dataclasses import replace
 
     current = record()
@@ -166,8 +179,13 @@ def test_plan_rename_only_in_place_and_recreate_keeps_old() -> None:
     text = "\n".join(change.summary())
     assert "Memory limit: 67108864 → (none)" in text and "DEBUG=1" in text
     assert "kept, stopped, as web-previous-2" in text and "re-attached by name" in text
+    assert "The container is recreated" in text and change.saved_image == "localhost/kitebox-saved/web:" + "a" * 12
+    assert "saved as the image localhost/kitebox-saved/web:aaaaaaaaaaaa" in text
     dropping = plan_recreate(current, replace(base, privileged=True), keep_old=False, taken=set())
-    assert "files written outside volumes are lost" in "\n".join(dropping.summary())
+    assert dropping.saved_image is not None and dropping.keep_old_as is None  # the data is kept by default
+    assert "removed once the new one exists" in "\n".join(dropping.summary())
+    fresh = plan_recreate(current, replace(base, privileged=True), keep_old=False, taken=set(), keep_data=False)
+    assert fresh.saved_image is None and "not carried over" in "\n".join(fresh.summary())
 
 
 @pytest.mark.parametrize(("typed", "saved"), [("My Web App!", "My-Web-App"), ("_x", "x"), ("ok.name_1", "ok.name_1"),

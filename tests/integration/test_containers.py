@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,23 +26,6 @@ from tests.support.registry import RegistryServer
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
 
-def mountinfo() -> set[str]:
-    with open("/proc/self/mountinfo") as handle:
-        return {line.split()[4] for line in handle}
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    before = mountinfo()
-    opened = await Engine.open(tmp_path / "state")
-    try:
-        yield opened
-    finally:
-        for record in await opened.containers.list(all_containers=True):
-            await opened.containers.remove(record.id, force=True, volumes=True)
-        await opened.close()
-    leaked = {m for m in mountinfo() - before if str(tmp_path) in m}
-    assert not leaked, f"mounts leaked: {leaked}"
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from engine import Engine
 from tests.support.faulty import FaultyProxy
 from tests.support.images import BuiltImage
 from tests.support.images import busybox_image as build_busybox_image
@@ -183,3 +184,24 @@ def isolated_kitebox_config(
     for mount in reversed(mounts):
         if mount.startswith(str(tmp_path)) and "/netns/" in mount:
             subprocess.run(["umount", "--lazy", mount], capture_output=True)
+
+
+def _mount_targets() -> set[str]:
+    with open("/proc/self/mountinfo") as handle:
+        return {line.split()[4] for line in handle}
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """An Engine on ``tmp_path/state`` (the test's own config); at the end every container it knows is removed
+    and no mount under ``tmp_path`` may be left."""
+    before = _mount_targets()
+    opened = await Engine.open(tmp_path / "state")
+    try:
+        yield opened
+    finally:
+        for record in await opened.containers.list(all_containers=True):
+            await opened.containers.remove(record.id, force=True, volumes=True)
+        await opened.close()
+    leaked = {m for m in _mount_targets() - before if str(tmp_path) in m}
+    assert not leaked, f"mounts leaked: {leaked}"

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -14,25 +13,6 @@ from engine import ContainerRecord, CreateOptions, Engine
 from tests.support.busybox import busybox_layer_tar
 from tests.support.images import build_image, directory, file, make_layer, push_image
 from tests.support.registry import RegistryServer
-
-
-def mountinfo() -> set[str]:
-    with open("/proc/self/mountinfo") as handle:
-        return {line.split()[4] for line in handle}
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    before = mountinfo()
-    opened = await Engine.open(tmp_path / "state")
-    try:
-        yield opened
-    finally:
-        for record in await opened.containers.list(all_containers=True):
-            await opened.containers.remove(record.id, force=True, volumes=True)
-        await opened.close()
-    leaked = {m for m in mountinfo() - before if str(tmp_path) in m}
-    assert not leaked, f"mounts leaked: {leaked}"
 
 
 @pytest.fixture
