@@ -177,8 +177,9 @@ def seed_from_layers(
     relative = path.strip("/")
     copied = False
     try:
-        if any(os.scandir(target)):
-            return False
+        with os.scandir(target) as entries:
+            if any(entries):
+                return False
         for layer in layers_bottom_up:
             source = layer / relative if relative else layer
             walk = [source]

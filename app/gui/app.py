@@ -105,6 +105,7 @@ class StartedApp:
 
         assert isinstance(self.state, AppState) and isinstance(self.window, MainWindow)
         # Engine first: closing the last window may quit the Qt application (and stop the loop) otherwise.
+        await self.window.container_page.aclose()
         await self.state.close()
         await self.engine.close()
         self.window.close()

@@ -1,6 +1,7 @@
 """The container page: header (name, image, state, Start/Stop, Restart, Terminal, Remove) and the tabs Home
-(live logs, ports with links, volumes with "open folder"), Settings and Inspect. While a container is still
-being pulled the page shows the pull instead: one bar per layer and the overall percentage.
+(live logs, ports with links, volumes with "open folder"), Terminal (shells in the container, several as tabs),
+Stats (live plots, sampled only while shown), Settings and Inspect. While a container is still being pulled the
+page shows the pull instead: one bar per layer and the overall percentage.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from app.gui.logbuffer import LogLine
 from app.gui.logpanel import LogPanel
 from app.gui.settings_page import SettingsPage
 from app.gui.state import AppState
+from app.gui.stats_panel import StatsPanel, engine_stats
 from app.gui.tasks import Task
-from app.gui.theme import icon, status_colour
+from app.gui.terminal_tabs import TerminalArea
+from app.gui.theme import DANGER, icon, is_dark, status_colour
 from engine import ContainerRecord, Engine
 
 __all__ = ["WEB_PORTS", "ContainerPage", "EngineLogSource", "port_links"]
@@ -52,6 +55,22 @@ class EngineLogSource:
 
     def history(self) -> AsyncIterator[LogLine]:
         return self.engine.containers.logs(self.name)
+
+    async def before(self, time_ns: int, held: int, count: int) -> list[LogLine]:
+        """Reads the file up to ``time_ns`` (``until``), keeping only the last ``count + held`` lines."""
+        from collections import deque
+
+        from app.gui.logbuffer import time_ns_of
+
+        window: deque[LogLine] = deque(maxlen=count + held)
+        async for line in self.engine.containers.logs(self.name, until=time_ns / 1e9 + 0.001):
+            if time_ns_of(line.time) <= time_ns:
+                window.append(line)
+        kept = list(window)
+        while held and kept and time_ns_of(kept[-1].time) == time_ns:
+            kept.pop()
+            held -= 1
+        return kept[-count:] if count else []
 
 
 def port_links(record: ContainerRecord) -> list[tuple[str, str | None]]:
@@ -132,6 +151,8 @@ class ContainerPage(QWidget):
         self.logs = LogPanel(parent=self)
         self.settings = SettingsPage(state, self)
         self.inspect = InspectView(self)
+        self.terminals = TerminalArea(state.engine, self)
+        self.stats = StatsPanel(engine_stats(state.engine), self)
 
         header = QFrame(self)
         header.setObjectName("PageHeader")
@@ -143,9 +164,8 @@ class ContainerPage(QWidget):
         self.start_stop = QPushButton(header)
         self.restart = QPushButton(icon("restart"), "Restart", header)
         self.terminal = QPushButton(icon("terminal"), "Terminal", header)
-        self.terminal.setEnabled(False)
-        self.terminal.setToolTip("An in-app terminal arrives with exec support")
-        self.remove = QPushButton(icon("trash", "#d64545"), "Remove", header)
+        self.terminal.setToolTip("Open a shell in the container (a new terminal tab)")
+        self.remove = QPushButton(icon("trash", DANGER[is_dark()]), "Remove", header)
         self.remove.setObjectName("Danger")
         self.remove.setToolTip("Remove the container (Delete)")
         titles = QVBoxLayout()
@@ -183,6 +203,8 @@ class ContainerPage(QWidget):
 
         self.tabs = QTabWidget(self)
         self.tabs.addTab(home, icon("logs"), "Home")
+        self.tabs.addTab(self.terminals, icon("terminal"), "Terminal")
+        self.tabs.addTab(self.stats, icon("inspect"), "Stats")
         self.tabs.addTab(self.settings, icon("settings"), "Settings")
         self.tabs.addTab(self.inspect, icon("inspect"), "Inspect")
         self.pull_view = PullView(self)
@@ -197,13 +219,14 @@ class ContainerPage(QWidget):
         self.start_stop.clicked.connect(lambda _c=False: self.toggle_running())
         self.restart.clicked.connect(lambda _c=False: self._verb("restart"))
         self.remove.clicked.connect(lambda _c=False: self.ask_remove())
+        self.terminal.clicked.connect(lambda _c=False: self.open_terminal())
         delete = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self)
         delete.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         delete.activated.connect(self._delete_key)
         state.containersChanged.connect(self.refresh)
         state.tasks.dataChanged.connect(lambda *_a: self._show_pull())
         state.containerStarted.connect(self._started)
-        self.tabs.currentChanged.connect(lambda _i: self._load_inspect())
+        self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
 
     # -- showing a container ----------------------------------------------------------------------------------------
 
@@ -218,6 +241,9 @@ class ContainerPage(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
+        known = {r.id for r in self.state.containers}
+        for container_id in [c for c in self.terminals.by_container if c not in known]:
+            self.state.spawn(self.terminals.forget(container_id))
         if self.name is None:
             return
         if self.name in self.state.creating:
@@ -233,6 +259,8 @@ class ContainerPage(QWidget):
         self.body.setCurrentWidget(self.tabs)
         self._header(record)
         self._fill_home(record)
+        self.stats.set_container(record.id)
+        self.terminals.show_container(record.id, running=record.state.running)
         if first or self.logs.feed is None:
             self.logs.set_source(EngineLogSource(self.state.engine, record.id))
             self.settings.load(record)
@@ -260,6 +288,7 @@ class ContainerPage(QWidget):
         self.start_stop.setIcon(icon("stop" if running else "play"))
         for button in (self.start_stop, self.restart, self.remove):
             button.setEnabled(record is not None)
+        self.terminal.setEnabled(running)
 
     def _fill_home(self, record: ContainerRecord) -> None:
         for box in (self.ports_box, self.volumes_box):
@@ -297,9 +326,32 @@ class ContainerPage(QWidget):
         label.setObjectName("Subtle")
         return label
 
+    def _tab_changed(self) -> None:
+        self._load_inspect()
+        record = self.record
+        if record is not None and self.tabs.currentWidget() is self.terminals and record.state.running \
+                and not self.terminals.tabs_for(record.id).sessions:
+            self.open_terminal()
+
+    def open_terminal(self) -> None:
+        """A new shell in the container, shown in the Terminal tab."""
+        record = self.record
+        if record is None or not record.state.running:
+            return
+        if self.tabs.currentWidget() is not self.terminals:
+            self.tabs.blockSignals(True)
+            self.tabs.setCurrentWidget(self.terminals)
+            self.tabs.blockSignals(False)
+        self.terminals.open_terminal(record.id)
+
     def _load_inspect(self) -> None:
         if self.record is not None and self.tabs.currentWidget() is self.inspect:
             self.inspect.set_document(self.state.engine.containers.inspect_document(self.record))
+
+    async def aclose(self) -> None:
+        """End the terminals and the stats stream (the window is closing)."""
+        await self.stats.aclose()
+        await self.terminals.aclose()
 
     # -- actions ----------------------------------------------------------------------------------------------------
 

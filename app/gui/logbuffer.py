@@ -10,6 +10,10 @@ trimming a cheap prefix cut instead of a renumbering of everything. The buffer k
 line so a regular expression can run over the whole buffer at C speed (``finditer`` with ``re.MULTILINE``)
 and map matches back to lines with a binary search on the offsets.
 
+Paging: lines trimmed by the caps are still in the log file; ``prepend`` puts an older chunk back in front
+(numbers count down again), within the caps, so scrolling to the top can page through a log far larger than
+memory. ``paged_out`` counts the trimmed lines that could come back this way (``clear`` is not undone by it).
+
 No Qt here: the model (``app.gui.logmodel``) wraps this for views.
 """
 
@@ -100,12 +104,13 @@ class LogBuffer:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self._data = bytearray()
-        self._offsets = array("Q")  # absolute byte offset of each held line's start
+        self._offsets = array("q")  # absolute byte offset of each held line's start (prepends may go below 0)
         self._times = array("q")
         self._streams = bytearray()
         self._byte_base = 0  # absolute byte offset of _data[0]
         self.start = 0  # absolute number of the first held line
         self.trimmed = 0
+        self.paged_out = 0  # lines trimmed by the caps since the last clear (``prepend`` can bring them back)
         self.longest = 0  # longest line seen, in bytes (the view sizes its horizontal scroll bar from it)
 
     def __len__(self) -> int:
@@ -168,14 +173,63 @@ class LogBuffer:
         self._byte_base += cut
         self.start += drop
         self.trimmed += drop
+        self.paged_out += drop
+
+    def room(self) -> tuple[int, int]:
+        """(lines, bytes) that can still be held before a cap is crossed."""
+        return max(0, self.max_lines - len(self._offsets)), max(0, self.max_bytes - len(self._data))
+
+    def prepend(self, lines: Iterable[LogLine]) -> int:
+        """Put older lines (the ones just before ``start``, oldest first) back in front; returns how many.
+
+        At most ``paged_out`` lines, and only as many (newest first) as fit under the caps: paging never makes
+        the buffer trim (which would drop what was just paged in)."""
+        room_lines, room_bytes = self.room()
+        chunks: list[bytes] = []
+        times = array("q")
+        streams = bytearray()
+        size = 0
+        for line in reversed(list(lines)):
+            if len(chunks) >= min(room_lines, self.paged_out):
+                break
+            data = line.data if line.data.endswith(b"\n") else line.data + b"\n"
+            if size + len(data) > room_bytes:
+                break
+            size += len(data)
+            chunks.append(data)
+            times.append(time_ns_of(line.time))
+            streams.append(STDERR if line.stream == "stderr" else STDOUT)
+            self.longest = max(self.longest, len(data))
+        if not chunks:
+            return 0
+        chunks.reverse()
+        times.reverse()
+        streams.reverse()
+        base = self._byte_base - size
+        offsets = array("q")
+        position = base
+        for data in chunks:
+            offsets.append(position)
+            position += len(data)
+        self._data[0:0] = b"".join(chunks)
+        self._offsets[0:0] = offsets
+        self._times[0:0] = times
+        self._streams[0:0] = streams
+        self._byte_base = base
+        count = len(chunks)
+        self.start -= count
+        self.trimmed -= count
+        self.paged_out -= count
+        return count
 
     def clear(self) -> None:
         """Forget every line (numbering continues where it was)."""
         self.trimmed += len(self._offsets)
+        self.paged_out = 0
         self.start = self.end
         self._byte_base += len(self._data)
         self._data = bytearray()
-        self._offsets = array("Q")
+        self._offsets = array("q")
         self._times = array("q")
         self._streams = bytearray()
 

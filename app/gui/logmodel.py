@@ -64,7 +64,7 @@ class LogModel(QAbstractListModel):
 
     def __init__(self, parent: QObject | None = None, *, buffer: LogBuffer | None = None) -> None:
         super().__init__(parent)
-        self.buffer = buffer or LogBuffer()
+        self.buffer = buffer if buffer is not None else LogBuffer()  # (an empty buffer is falsy)
         self._pending: list[LogLine] = []
         self._first = self.buffer.start
         self._end = self.buffer.end
@@ -89,6 +89,8 @@ class LogModel(QAbstractListModel):
         if not index.isValid() or index.row() >= self.rowCount():
             return None
         number = self.number(index.row())
+        if number < self.buffer.start:
+            return None  # trimmed by the buffer, its removal from the rows is being announced (see flush)
         if role == Qt.ItemDataRole.DisplayRole:
             return strip_ansi(self.buffer.text(number))
         if role == self.RawTextRole:
@@ -199,6 +201,35 @@ class LogModel(QAbstractListModel):
             else:
                 self._first = start
         self._cleared = [max(c, start) for c in self._cleared]
+
+    # -- paging older lines back in --------------------------------------------------------------------------
+
+    @property
+    def can_page_older(self) -> bool:
+        """Whether older lines were trimmed and the rows start at the buffer's first line (not cleared)."""
+        return self.buffer.paged_out > 0 and self._first == self.buffer.start
+
+    def prepend(self, lines: Iterable[LogLine]) -> int:
+        """Older lines (just before the first row, oldest first) become rows at the top; returns how many."""
+        self.flush()
+        if not self.can_page_older:
+            return 0
+        old_start = self.buffer.start
+        count = self.buffer.prepend(lines)
+        if not count:
+            return 0
+        if self._filter is not None:
+            new = array("Q", self.buffer.search(self._filter, self.buffer.start, old_start))
+            self._first = self.buffer.start
+            if new:
+                self.beginInsertRows(_ROOT, 0, len(new) - 1)
+                self._matches[0:0] = new
+                self.endInsertRows()
+        else:
+            self.beginInsertRows(_ROOT, 0, count - 1)
+            self._first = self.buffer.start
+            self.endInsertRows()
+        return count
 
     # -- clear / undo ------------------------------------------------------------------------------------------
 

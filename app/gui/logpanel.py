@@ -6,6 +6,10 @@ records with no gap or repeat at the seam. When the container stops the stream e
 container page calls it on the container's next ``start`` event) re-attaches from the last record received:
 it asks for records since 1 ms before it and skips what it already has (same ns time, counted), so a restart
 loses and repeats nothing either.
+
+Paging: the in-memory buffer holds at most its caps (1,000,000 lines / 256 MiB by default); scrolling to the top
+when older lines were trimmed asks the source for the chunk just before the first held line
+(``LogSource.before``) and puts it back at the top, within the caps.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -73,12 +77,22 @@ class LogSource(Protocol):
         """Every line in the log file (for Save: the file holds more than the in-memory buffer)."""
         ...
 
+    async def before(self, time_ns: int, held: int, count: int) -> Sequence[LogLine]:
+        """Up to ``count`` lines logged just before the first held line, oldest first. That line has time
+        ``time_ns`` and is the first of ``held`` held lines with that same time (lines sharing it that precede
+        them in the file are returned too)."""
+        ...
+
+
+PAGE_LINES: Final = 20_000
+
 
 class LogFeed(QObject):
     """Owns the asyncio task that moves a source's lines into a model."""
 
     ended = Signal()
     failed = Signal(str)
+    paged = Signal(int)  # older lines put back at the top
 
     def __init__(self, source: LogSource, model: LogModel, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -86,6 +100,7 @@ class LogFeed(QObject):
         self.model = model
         self.history = HISTORY_CHOICES[0]
         self._task: asyncio.Task[None] | None = None
+        self._paging: asyncio.Task[int] | None = None
         self._last_ns = 0
         self._same_ns = 0  # records received with time == _last_ns
 
@@ -117,6 +132,38 @@ class LogFeed(QObject):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._paging is not None:
+            self._paging.cancel()
+            self._paging = None
+
+    @property
+    def paging(self) -> bool:
+        return self._paging is not None and not self._paging.done()
+
+    def load_older(self, count: int = PAGE_LINES) -> asyncio.Task[int] | None:
+        """Page the chunk before the first row back in (when lines were trimmed); the task gives how many."""
+        if self.paging or not self.model.can_page_older:
+            return None
+        self._paging = asyncio.ensure_future(self._load_older(count))
+        return self._paging
+
+    async def _load_older(self, count: int) -> int:
+        from engine import KiteboxError
+
+        self.model.flush()
+        buffer = self.model.buffer
+        first_ns = buffer.time_ns(buffer.start)
+        held = 0
+        while buffer.start + held < buffer.end and buffer.time_ns(buffer.start + held) == first_ns:
+            held += 1
+        try:
+            lines = await self.source.before(first_ns, held, min(count, buffer.paged_out))
+        except KiteboxError as err:
+            emit(self.failed, str(err))
+            return 0
+        added = self.model.prepend(lines)
+        emit(self.paged, added)
+        return added
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -157,7 +204,7 @@ class LogPanel(QWidget):
     def __init__(self, source: LogSource | None = None, parent: QWidget | None = None,
                  *, model: LogModel | None = None) -> None:
         super().__init__(parent)
-        self.model = model or LogModel(self)
+        self.model = model if model is not None else LogModel(self)
         self.view = LogView(self.model, self)
         self.feed: LogFeed | None = None
         self._pattern_text = ""
@@ -216,6 +263,7 @@ class LogPanel(QWidget):
         self.timestamps.toggled.connect(self.view.set_show_timestamps)
         self.history_box.activated.connect(self._history_chosen)
         self.view.followingChanged.connect(self._following_changed)
+        self.view.topReached.connect(self.load_older)
         self.model.flushed.connect(lambda _n: self._update_status())
         self.model.modelReset.connect(self._update_status)
         self._shortcuts()
@@ -258,7 +306,13 @@ class LogPanel(QWidget):
         self.feed = LogFeed(source, self.model, self)
         self.feed.failed.connect(lambda message: self._update_status(message))
         self.feed.ended.connect(self._update_status)
+        self.feed.paged.connect(lambda n: self._update_status(f"loaded {n:,} older lines from the log file"))
         self.feed.start(HISTORY_CHOICES[self.history_box.currentIndex()])
+
+    def load_older(self) -> None:
+        """The view reached the top: page older lines back in when the buffer trimmed some."""
+        if self.feed is not None and self.feed.load_older() is not None:
+            self._update_status("loading older lines…")
 
     def _history_chosen(self, index: int) -> None:
         if self.feed is not None:
@@ -383,8 +437,9 @@ class LogPanel(QWidget):
     def _update_status(self, message: str | None = None) -> None:
         rows = self.model.rowCount()
         parts = [f"{rows:,} lines" if self.model.filter_pattern is None else f"{rows:,} matching lines"]
-        if self.model.buffer.trimmed:
-            parts.append(f"{self.model.buffer.trimmed:,} older lines only in the log file (Save has them)")
+        if self.model.buffer.paged_out and self.model.can_page_older:
+            room = "scroll to the top to load them" if self.model.buffer.room()[0] else "Save has them"
+            parts.append(f"{self.model.buffer.paged_out:,} older lines in the log file ({room})")
         if not self.view.following:
             parts.append("paused: scroll to the bottom or press End to follow")
         if message:

@@ -44,6 +44,7 @@ _TIME_FORMAT_WIDTH: Final = 24  # "2026-11-30 04:51:44.668 " in characters
 class LogView(QAbstractScrollArea):
     followingChanged = Signal(bool)
     selectionChanged = Signal()
+    topReached = Signal()  # the user scrolled to the first row (the panel pages older lines in)
 
     def __init__(self, model: LogModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -135,8 +136,23 @@ class LogView(QAbstractScrollArea):
         if at_bottom != self._following:
             self._following = at_bottom
             emit(self.followingChanged, at_bottom)
+        if value == 0 and not at_bottom:
+            emit(self.topReached)
 
-    def _rows_inserted(self, _parent: QModelIndex, _first: int, _last: int) -> None:
+    def _rows_inserted(self, _parent: QModelIndex, first: int, last: int) -> None:
+        added = last - first + 1
+        if first == 0 and self.model.rowCount() > added:  # older lines paged in above: keep the same lines in view
+            bar = self.verticalScrollBar()
+            keep = bar.value() + added
+            self._shift_selection(added)
+            self._update_scrollbars()
+            self._programmatic = True
+            try:
+                bar.setValue(keep)
+            finally:
+                self._programmatic = False
+            self.viewport().update()
+            return
         self._update_scrollbars()
         if self._following:
             self._scroll_to_bottom()
@@ -242,6 +258,8 @@ class LogView(QAbstractScrollArea):
             self.set_following(True)
         elif event.key() == Qt.Key.Key_Home:
             bar.setValue(0)
+            if bar.value() == 0 and self.model.rowCount():
+                emit(self.topReached)
         elif event.key() == Qt.Key.Key_PageUp:
             bar.setValue(bar.value() - bar.pageStep())
         elif event.key() == Qt.Key.Key_PageDown:

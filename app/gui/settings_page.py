@@ -1,9 +1,12 @@
 """Settings tab: General (name with a live preview of the normalised name, environment rows, command,
-entrypoint), Ports, Volumes (any bind mount or named volume), Network, Advanced (restart policy, limits,
-privileged, read-only). Save shows what changes and how the container is recreated (``app.gui.recreate``)."""
+entrypoint), Ports (published to the host: container port, host port -- a number, a range or "auto" --, host
+address; or publish every exposed port), Volumes (any bind mount or named volume), Network, Advanced (restart
+policy, limits, privileged, read-only). Save shows what changes and warns that the container is recreated; by
+default the files written in it are carried over (``app.gui.recreate``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from dataclasses import replace
 
@@ -60,6 +63,15 @@ def _rows_editor(table: QTableWidget, parent: QWidget) -> QWidget:
     return box
 
 
+def _split_publish(spec: str) -> tuple[str, str, str]:
+    """A ``-p`` spec as written by ``publish_spec`` -> (host address, host port or "auto", container port)."""
+    parts = spec.split(":")
+    container = parts[-1] if "/" in parts[-1] else f"{parts[-1]}/tcp"
+    host = parts[-2] if len(parts) >= 2 else ""
+    ip = parts[-3] if len(parts) >= 3 else ""
+    return ip, host or "auto", container
+
+
 def _cell(table: QTableWidget, row: int, column: int) -> str:
     item = table.item(row, column)
     return item.text().strip() if item is not None else ""
@@ -78,8 +90,9 @@ class SettingsPage(QWidget):
         self.command.setPlaceholderText("Image default")
         self.entrypoint = QLineEdit(self)
         self.entrypoint.setPlaceholderText("Image default")
-        self.ports = _table(["Container port", "Published as"], self)
-        self.ports.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.ports = _table(["Container port", "Host port (number, range or auto)", "Host address (optional)"],
+                            self)
+        self.publish_all = QCheckBox("Publish every exposed port to a random host port", self)
         self.volumes = _table(["Host path or volume name", "Container path", "Read-only (ro)"], self)
         self.network = QComboBox(self)
         self.network.addItems(["none", "host", "bridge"])
@@ -98,8 +111,13 @@ class SettingsPage(QWidget):
         self.pids.setSpecialValueText("No limit")
         self.privileged = QCheckBox("Privileged (all capabilities, all devices)", self)
         self.read_only = QCheckBox("Read-only root filesystem", self)
-        self.keep_old = QCheckBox("Keep the old container (stopped) when recreating", self)
-        self.keep_old.setChecked(True)
+        self.keep_data = QCheckBox("Keep files written in the container", self)
+        self.keep_data.setChecked(True)
+        self.keep_data.setToolTip("Saving recreates the container: its files are saved as an image the new "
+                                  "container starts from")
+        self.keep_old = QCheckBox("Also keep the old container (stopped)", self)
+        self.keep_old.setChecked(False)
+        self.dialog: QDialog | None = None
         self.save = QPushButton("Save", self)
         self.save.setObjectName("Primary")
         self.error = QLabel(self)
@@ -115,12 +133,13 @@ class SettingsPage(QWidget):
         form.addRow("Entrypoint", self.entrypoint)
         ports = QWidget(self)
         ports_layout = QVBoxLayout(ports)
-        note = QLabel("Publishing ports to the host arrives with container networking; exposed ports are listed "
-                      "here and linked on the Home tab once published.", ports)
+        note = QLabel("A row with a host port is published (needs the bridge network); leave the host port "
+                      "empty to keep a port unpublished. Web ports get a link on the Home tab.", ports)
         note.setWordWrap(True)
-        note.setObjectName("Banner")
+        note.setObjectName("Subtle")
         ports_layout.addWidget(note)
-        ports_layout.addWidget(self.ports)
+        ports_layout.addWidget(_rows_editor(self.ports, ports))
+        ports_layout.addWidget(self.publish_all)
         volumes = QWidget(self)
         volumes_layout = QVBoxLayout(volumes)
         hint = QLabel("Any host folder (an absolute path) or a named volume, not only the image's VOLUMEs.", volumes)
@@ -143,6 +162,7 @@ class SettingsPage(QWidget):
                               (advanced, "Advanced")):
             tabs.addTab(widget, label)
         bottom = QHBoxLayout()
+        bottom.addWidget(self.keep_data)
         bottom.addWidget(self.keep_old)
         bottom.addStretch(1)
         bottom.addWidget(self.save)
@@ -174,11 +194,15 @@ class SettingsPage(QWidget):
         self.command.setText(shlex.join(options.cmd) if options.cmd else "")
         self.entrypoint.setText(shlex.join(options.entrypoint) if options.entrypoint else "")
         self.ports.setRowCount(0)
-        for port in sorted(record.config.get("ExposedPorts") or {}):
+        rows = [_split_publish(spec) for spec in options.publish]
+        published = {container for _ip, _host, container in rows}
+        rows += [("", "", port) for port in sorted(record.config.get("ExposedPorts") or {}) if port not in published]
+        for ip, host, container in rows:
             row = self.ports.rowCount()
             self.ports.insertRow(row)
-            self.ports.setItem(row, 0, QTableWidgetItem(port))
-            self.ports.setItem(row, 1, QTableWidgetItem("not published"))
+            for column, text in enumerate((container, host, ip)):
+                self.ports.setItem(row, column, QTableWidgetItem(text))
+        self.publish_all.setChecked(options.publish_all)
         self.volumes.setRowCount(0)
         for spec in options.volumes:
             parts = spec.split(":")
@@ -230,20 +254,56 @@ class SettingsPage(QWidget):
         restart = self.restart.currentText()
         if restart == "on-failure" and base.restart.startswith("on-failure:"):
             restart = base.restart
+        network = self.network.currentText()
+        if network == "bridge" and base.network not in ("none", "host"):
+            network = base.network  # a user network shows as "bridge": keep it
+        publish = self._publish_specs()
+        if (publish or self.publish_all.isChecked()) and network in ("none", "host"):
+            raise InvalidArgument(f"ports: publishing needs the bridge network, not {network} (see Network)")
         return replace(
             base, name=name, env=tuple(env), volumes=tuple(volumes),
-            cmd=cmd, entrypoint=entrypoint,
-            network=self.network.currentText(), restart=restart,
+            cmd=cmd, entrypoint=entrypoint, publish=publish, publish_all=self.publish_all.isChecked(),
+            network=network, restart=restart,
             memory=self.memory.value() * 1024 * 1024 or None, cpus=self.cpus.value() or None,
             pids_limit=self.pids.value() or None, privileged=self.privileged.isChecked(),
             read_only=self.read_only.isChecked(),
         )
 
+    def _publish_specs(self) -> tuple[str, ...]:
+        specs = []
+        for row in range(self.ports.rowCount()):
+            container, host, ip = (_cell(self.ports, row, c) for c in range(3))
+            if not container and not host and not ip:
+                continue
+            port, _, proto = container.partition("/")
+            proto = proto.lower() or "tcp"
+            if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in ("tcp", "udp"):
+                raise InvalidArgument(f"port row {row + 1}: container port {container!r} must be 1-65535, "
+                                      "optionally /tcp or /udp")
+            if not host:
+                if ip:
+                    raise InvalidArgument(f"port row {row + 1}: a host address needs a host port (or auto)")
+                continue  # exposed, not published
+            host = "" if host.lower() in ("auto", "0", "random") else host
+            first, _, last = host.partition("-")
+            if host and not (first.isdigit() and 1 <= int(first) <= 65535
+                             and (not last or (last.isdigit() and int(first) <= int(last) <= 65535))):
+                raise InvalidArgument(f"port row {row + 1}: host port {host!r} must be 1-65535, a range or auto")
+            if ip:
+                try:
+                    ipaddress.IPv4Address(ip)
+                except ValueError:
+                    raise InvalidArgument(f"port row {row + 1}: host address {ip!r} is not an IPv4 address") \
+                        from None
+            target = f"{int(port)}/{proto}"
+            specs.append(f"{ip}:{host}:{target}" if ip else f"{host}:{target}" if host else target)
+        return tuple(specs)
+
     def plan(self) -> RecreatePlan:
         if self.record is None:
             raise InvalidArgument("no container selected")
         return plan_recreate(self.record, self.edited_options(), keep_old=self.keep_old.isChecked(),
-                             taken=self.state.taken_names())
+                             taken=self.state.taken_names(), keep_data=self.keep_data.isChecked())
 
     def ask_save(self) -> None:
         try:
@@ -258,6 +318,7 @@ class SettingsPage(QWidget):
             self.error.show()
             return
         dialog = QDialog(self)
+        self.dialog = dialog
         dialog.setWindowTitle("Save settings")
         layout = QVBoxLayout(dialog)
         text = QLabel("<br>".join(plan.summary()), dialog)
@@ -270,8 +331,9 @@ class SettingsPage(QWidget):
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         layout.addWidget(buttons)
-        if dialog.exec() == QDialog.DialogCode.Accepted:
-            self.apply(plan)
+        dialog.accepted.connect(lambda: self.apply(plan))
+        dialog.finished.connect(lambda _r: dialog.deleteLater())
+        dialog.open()  # window-modal, no nested event loop (the engine keeps running under qasync)
 
     def apply(self, plan: RecreatePlan) -> None:
         record = self.record

@@ -247,19 +247,23 @@ class AppState(QObject):
             await self.refresh_containers()
             return updated
         was_running = record.state.running
-        await containers.stop(record.id)
-        if plan.keep_old_as:
-            await containers.rename(record.id, plan.keep_old_as)
-        else:
-            await containers.remove(record.id, volumes=False)
+        if was_running:
+            await containers.stop(record.id)
+        image = record.image_id
+        if plan.saved_image:  # the writable layer becomes an image the new container starts from
+            saved = await containers.commit(record.id, plan.saved_image, pause=False,
+                                            message=f"files of {record.name}, kept when its settings changed")
+            image = plan.saved_image if saved.repo_tags else saved.id
+        await containers.rename(record.id, plan.keep_old_as or plan.aside_name)
         try:
-            created = await self.engine.create_container(record.image_id, plan.new_options, pull_missing=False)
+            created = await self.engine.create_container(image, plan.new_options, pull_missing=False)
         except KiteboxError:
-            if plan.keep_old_as:  # put the old container back as it was
-                await containers.rename(record.id, record.name)
-                if was_running:
-                    await containers.start(record.id)
+            await containers.rename(record.id, record.name)  # put the old container back as it was
+            if was_running:
+                await containers.start(record.id)
             raise
+        if not plan.keep_old_as:
+            await containers.remove(record.id, volumes=False)
         self.settings.rename_favourite(record.name, new_name)
         if was_running:
             created = await containers.start(created.id)

@@ -172,10 +172,6 @@ async def test_ports_editing_round_trips_into_create_options(tmp_path: Path, qtb
 
 @pytest.mark.root
 @pytest.mark.registry
-# engine/volumes.py seed_from_layers leaks an os.scandir iterator (``any(os.scandir(target))``) when a re-attached
-# volume is not empty; reported to the engine owner, tolerated here only.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <posix.ScandirIterator:pytest.PytestUnraisableExceptionWarning")
 async def test_saving_settings_keeps_files_written_in_the_container(gui_engine: Engine, busybox_ref: str,
                                                                      tmp_path: Path, qtbot: QtBot) -> None:
     state = AppState(gui_engine, GuiSettings.load(tmp_path / "gui.json"))

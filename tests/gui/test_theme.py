@@ -3,6 +3,7 @@ renders (a screenshot of the main widgets in dark, ``artifacts/dark.png``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,9 +35,8 @@ def contrast(a: QColor, b: QColor) -> float:
 
 
 @pytest.fixture(params=["light", "dark"])
-def scheme(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    app = QApplication.instance()
-    assert isinstance(app, QApplication)
+def scheme(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, qapp: QApplication) -> Iterator[bool]:
+    app = qapp
     monkeypatch.setenv("KITEBOX_THEME", request.param)
     apply_theme(app)
     yield request.param == "dark"
@@ -107,7 +107,10 @@ async def test_dark_scheme_renders(scheme: bool, qtbot: QtBot) -> None:
     window.resize(1200, 700)
     window.show()
     qtbot.waitExposed(window)
-    qtbot.waitUntil(lambda: panel.model.rowCount() == 45, timeout=3000)
+    deadline = time.monotonic() + 5
+    while panel.model.rowCount() < 45:
+        assert time.monotonic() < deadline, f"log rows: {panel.model.rowCount()}"
+        await asyncio.sleep(0.02)
     ARTIFACTS.mkdir(exist_ok=True)
     image = window.grab().toImage()
     assert image.save(str(ARTIFACTS / "dark.png"))
