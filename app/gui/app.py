@@ -198,4 +198,8 @@ def run(root: Path | None = None, config_path: Path | None = None) -> int:
             return int(loop.run_until_complete(_main(app, root, config)))
         return 130
     finally:
+        # Join the worker threads before the loop (and Qt) go away: a thread still running at exit aborts
+        # the process ("QThread destroyed while running").
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
