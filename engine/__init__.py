@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from engine.config import Config, Limits, RegistryConfig, default_root, load_config
     from engine.container_manager import CreateOptions
     from engine.containers import ContainerRecord, ContainerState, Status
-    from engine.engine import VERSION, Engine, RemovedImage
+    from engine.engine import VERSION, Engine
     from engine.errors import (
         AuthError,
         CommandNotExecutable,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         UserError,
     )
     from engine.events import Event, PullProgress
+    from engine.image_ops import RemovedImage
     from engine.images import ImageRecord, LayerRecord
     from engine.logs import LogRecord, parse_time_arg
     from engine.network.ports import format_ports
@@ -86,7 +87,7 @@ _LOCATIONS: dict[str, str] = {
     "RegistryConfig": "engine.config",
     "RegistryError": "engine.errors",
     "RegistryUnavailable": "engine.errors",
-    "RemovedImage": "engine.engine",
+    "RemovedImage": "engine.image_ops",
     "RuntimeFailure": "engine.errors",
     "Status": "engine.containers",
     "StoreError": "engine.errors",
