@@ -3,6 +3,13 @@
 Every verb follows youki's shape: *refresh* the record from the monitor's files, *check* ``can_<verb>`` on its
 state, *act* (through the supervisor), *save* the new state, *publish* an event. The supervisor's monitors hold
 the truth about running processes; records are how the engine remembers everything else.
+
+The verbs live here; what they compute lives next door so this module stays small: the create planning
+(``CreateOptions``, volumes, tmpfs, the user database, Docker's Config/HostConfig) in
+:mod:`engine.container_create` (``CreateOptions``, ``parse_restart_policy`` and ``parse_signal`` stay importable
+from here), the inspect document and the export tar in :mod:`engine.container_views`, and the verbs on running
+processes and the writable layer (exec, attach, stats, top, diff, commit) in the :mod:`engine.container_exec`
+mixin.
 """
 
 from __future__ import annotations
@@ -13,16 +20,29 @@ import contextlib
 import os
 import signal as _signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.container_create import (
+    CreateOptions,
+    config_document,
+    host_config_document,
+    layers_bottom_up,
+    network_mode,
+    parse_restart_policy,
+    parse_signal,
+    parse_tmpfs,
+    port_bindings,
+    resolve_volumes,
+    run_options,
+    write_user_db,
+)
 from engine.container_exec import ContainerExecVerbs
 from engine.containers import ContainerRecord, ContainerStore, Status, generate_name, validate_name
 from engine.events import Event, EventBus
-from engine.volumes import VolumeStore, seed_from_layers
+from engine.volumes import VolumeStore
 
 if TYPE_CHECKING:
     from engine.content import ContentStore
@@ -38,76 +58,6 @@ NEVER = "0001-01-01T00:00:00Z"
 # Compiled seccomp programs shared by every container of the state root (keyed by profile and libseccomp; the
 # store lists only 64-hex directories, so it never sees this one).
 SECCOMP_CACHE = ".seccomp"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateOptions:
-    """What ``create``/``run`` accept (Docker's flags, already parsed into values)."""
-
-    name: str | None = None
-    cmd: tuple[str, ...] | None = None
-    entrypoint: tuple[str, ...] | None = None
-    env: tuple[str, ...] = ()
-    workdir: str | None = None
-    user: str | None = None
-    hostname: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    volumes: tuple[str, ...] = ()  # -v specs: /host:/ctr[:ro], name:/ctr[:ro], /ctr
-    tmpfs: tuple[str, ...] = ()  # --tmpfs /path[:options]
-    memory: int | None = None
-    cpus: float | None = None
-    pids_limit: int | None = None
-    read_only: bool = False
-    privileged: bool = False
-    cap_add: tuple[str, ...] = ()
-    cap_drop: tuple[str, ...] = ()
-    restart: str = "no"
-    auto_remove: bool = False
-    log_opts: Mapping[str, str] = field(default_factory=dict)
-    network: str = "bridge"  # "bridge" (the default network), "none", "host" or a user network's name
-    publish: tuple[str, ...] = ()  # -p specs: [hostip:][hostport:]port[/proto]
-    publish_all: bool = False  # -P: every EXPOSEd port to a random host port
-    network_aliases: tuple[str, ...] = ()
-    add_hosts: tuple[str, ...] = ()  # --add-host host:ip
-    dns: tuple[str, ...] = ()
-    security_opt: tuple[str, ...] = ()  # "seccomp=unconfined", "no-new-privileges[=true|false]"
-    tty: bool = False
-    stdin_open: bool = False
-    stop_signal: str | None = None
-    stop_timeout: int | None = None
-
-
-def parse_restart_policy(text: str) -> tuple[str, int]:
-    """``no``, ``always``, ``unless-stopped``, ``on-failure[:N]`` -> (name, max retries)."""
-    name, _, count = text.partition(":")
-    if name not in ("no", "always", "unless-stopped", "on-failure"):
-        raise errors.InvalidArgument(f"invalid restart policy {text!r}: expected no, always, unless-stopped or "
-                                     "on-failure[:max-retries]")
-    if count and name != "on-failure":
-        raise errors.InvalidArgument(f"invalid restart policy {text!r}: maximum retry count only for on-failure")
-    if count:
-        if not count.isdigit():
-            raise errors.InvalidArgument(f"invalid restart policy {text!r}: maximum retry count must be a number")
-        return name, int(count)
-    return name, 0
-
-
-def parse_signal(text: str | int | None, default: int = _signal.SIGTERM) -> int:
-    """``SIGTERM``, ``TERM``, ``15`` -> 15."""
-    if text is None or text == "":
-        return int(default)
-    if isinstance(text, int) or text.isdigit():
-        number = int(text)
-        if not 0 < number < 65:
-            raise errors.InvalidArgument(f"invalid signal: {text}")
-        return number
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(_signal.Signals[name])
-    except KeyError:
-        raise errors.InvalidArgument(f"invalid signal: {text}") from None
 
 
 class ContainerManager(ContainerExecVerbs):
@@ -200,22 +150,24 @@ class ContainerManager(ContainerExecVerbs):
     # -- create ----------------------------------------------------------------------------------------------
 
     async def create(self, image: ImageRecord, image_ref: str, options: CreateOptions) -> ContainerRecord:
+        """``create``: claim the name, prepare the writable snapshot, plan the runtime spec, save the record.
+
+        The planning (volumes, tmpfs, user database, Docker's documents) is :mod:`engine.container_create`;
+        on any failure the snapshot and the container directory are removed again. InvalidArgument for bad
+        options, NotFound for an unknown user network, Conflict for a name in use."""
+        from engine.logs import parse_log_opts
         from engine.manifest import parse_image_config
-        from engine.runtime.plan import Bind, RunOptions, plan_container
+        from engine.runtime.plan import plan_container
 
         config = parse_image_config(await asyncio.to_thread(self._content.read, image.config_digest))
         image_config = dict(config.config)
-        restart_name, max_retries = parse_restart_policy(options.restart)
-        if options.auto_remove and restart_name != "no":
+        restart = parse_restart_policy(options.restart)
+        if options.auto_remove and restart[0] != "no":
             raise errors.InvalidArgument("conflicting options: --restart and --rm")
-        from engine.network import parse_publish
-
-        network = "bridge" if options.network == "default" else options.network
+        network = network_mode(options)
         if network not in ("none", "host", "bridge"):
             await self._network_manager().inspect(network)  # NotFound: "network X not found"
-        if network in ("none", "host") and (options.publish or options.publish_all or options.network_aliases):
-            raise errors.InvalidArgument(f"published ports and aliases need a bridge network, not {network}")
-        bindings = [b.to_json() for spec in options.publish for b in parse_publish(spec)]
+        bindings = port_bindings(options)
         top = await self._unpack(image.id)
         async with self._lock:
             with self.store.locked():
@@ -230,70 +182,31 @@ class ContainerManager(ContainerExecVerbs):
         key = f"container-{container_id}"
         try:
             root_mounts = await asyncio.to_thread(snapshotter.prepare, key, top)
-            layer_dirs = await asyncio.to_thread(_layers_bottom_up, snapshotter, key)
-            user_db = await asyncio.to_thread(_write_user_db, layer_dirs, bundle / "userdb")
-            binds, mounts_doc, anonymous = await asyncio.to_thread(
-                self._resolve_volumes, options, image_config, layer_dirs
-            )
-            tmpfs = tuple(_parse_tmpfs(spec) for spec in options.tmpfs)
+            layer_dirs = await asyncio.to_thread(layers_bottom_up, snapshotter, key)
+            user_db = await asyncio.to_thread(write_user_db, layer_dirs, bundle / "userdb")
+            volumes = await asyncio.to_thread(resolve_volumes, self.volumes, options, image_config, layer_dirs)
+            tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
             (bundle / "rootfs").mkdir(exist_ok=True)
-            run_options = RunOptions(
-                cmd=options.cmd, entrypoint=options.entrypoint, env=options.env, workdir=options.workdir,
-                user=options.user, hostname=options.hostname, labels=dict(options.labels),
-                binds=tuple(Bind(s, d, ro) for s, d, ro in binds), tmpfs=tmpfs, memory=options.memory,
-                cpus=options.cpus, pids_limit=options.pids_limit, read_only=options.read_only,
-                privileged=options.privileged, cap_add=options.cap_add, cap_drop=options.cap_drop,
-                tty=options.tty, stdin_open=options.stdin_open, network=network,
-                netns_path=None if network in ("none", "host") else
-                str(self._network_manager().netns_path(container_id)),
-                stop_signal=options.stop_signal,
-                seccomp="seccomp=unconfined" not in options.security_opt,
-                no_new_privileges=any(o in ("no-new-privileges", "no-new-privileges=true")
-                                      for o in options.security_opt),
+            netns_path = None if network in ("none", "host") else str(
+                self._network_manager().netns_path(container_id))
+            spec = plan_container(
+                container_id=container_id, image_config=image_config,
+                options=run_options(options, network=network, netns_path=netns_path, binds=volumes.binds,
+                                    tmpfs=tmpfs),
+                rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
+                seccomp_cache_dir=self.store.root / SECCOMP_CACHE,
             )
-            spec = plan_container(container_id=container_id, image_config=image_config, options=run_options,
-                                  rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
-                                  seccomp_cache_dir=self.store.root / SECCOMP_CACHE)
             (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
-            stop_signal = options.stop_signal or image_config.get("StopSignal") or "SIGTERM"
-            parse_signal(stop_signal)
-            created = _now()
+            container_config = config_document(options, image_config, image_ref=image_ref,
+                                               hostname=spec.hostname, env=spec.process.env)
             record = ContainerRecord(
-                id=container_id, name=name, created=created, image=image_ref, image_id=image.id,
-                config={
-                    "Hostname": spec.hostname, "User": options.user or image_config.get("User", ""),
-                    "Tty": options.tty, "OpenStdin": options.stdin_open, "AttachStdin": options.stdin_open,
-                    "Env": list(spec.process.env), "Cmd": list(options.cmd) if options.cmd is not None
-                    else image_config.get("Cmd"),
-                    "Image": image_ref, "Volumes": image_config.get("Volumes") or None,
-                    "WorkingDir": options.workdir or image_config.get("WorkingDir", ""),
-                    "Entrypoint": list(options.entrypoint) if options.entrypoint is not None
-                    else image_config.get("Entrypoint"),
-                    "Labels": {**(image_config.get("Labels") or {}), **options.labels},
-                    "ExposedPorts": image_config.get("ExposedPorts") or None,
-                    "StopSignal": stop_signal, "StopTimeout": options.stop_timeout,
-                },
-                host_config={
-                    "Binds": [v for v in options.volumes if ":" in v] or None,
-                    "NetworkMode": network, "RestartPolicy": {"Name": restart_name,
-                                                              "MaximumRetryCount": max_retries},
-                    "AutoRemove": options.auto_remove, "Memory": options.memory or 0,
-                    "NanoCpus": int((options.cpus or 0) * 1e9), "PidsLimit": options.pids_limit,
-                    "ReadonlyRootfs": options.read_only, "Privileged": options.privileged,
-                    "CapAdd": list(options.cap_add) or None, "CapDrop": list(options.cap_drop) or None,
-                    "Tmpfs": {d: o for d, o in tmpfs} or None,
-                    "LogConfig": {"Type": "json-file", "Config": dict(options.log_opts)},
-                    "PortBindings": bindings, "PublishAllPorts": options.publish_all,
-                    "Dns": list(options.dns), "ExtraHosts": list(options.add_hosts) or None,
-                    "NetworkAliases": list(options.network_aliases),
-                    "SecurityOpt": list(options.security_opt) or None,
-                    "AnonymousVolumes": anonymous,
-                },
+                id=container_id, name=name, created=_now(), image=image_ref, image_id=image.id,
+                config=container_config,
+                host_config=host_config_document(options, network=network, restart=restart, tmpfs=tmpfs,
+                                                 port_bindings=bindings, anonymous=volumes.anonymous),
                 path=spec.process.args[0], args=list(spec.process.args[1:]), snapshot_key=key,
-                mounts=mounts_doc,
+                mounts=volumes.mounts,
             )
-            from engine.logs import parse_log_opts
-
             parse_log_opts(options.log_opts)
             await asyncio.to_thread(self.store.save, record)
         except BaseException:
@@ -304,57 +217,6 @@ class ContainerManager(ContainerExecVerbs):
             raise
         self._publish(record, "create")
         return record
-
-    def _resolve_volumes(
-        self, options: CreateOptions, image_config: Mapping[str, Any], layer_dirs: builtins.list[Path]
-    ) -> tuple[builtins.list[tuple[str, str, bool]], builtins.list[dict[str, Any]], builtins.list[str]]:
-        """-v specs and the image's VOLUMEs -> (binds, Docker's Mounts document, anonymous volume names)."""
-        binds: builtins.list[tuple[str, str, bool]] = []
-        mounts: builtins.list[dict[str, Any]] = []
-        anonymous: builtins.list[str] = []
-        destinations: set[str] = set()
-        for spec in options.volumes:
-            parts = spec.split(":")
-            if len(parts) == 1:
-                source, dest, mode = "", parts[0], "rw"
-            elif len(parts) == 2:
-                source, dest, mode = parts[0], parts[1], "rw"
-            elif len(parts) == 3:
-                source, dest, mode = parts
-            else:
-                raise errors.InvalidArgument(f"invalid volume specification: '{spec}'")
-            if mode not in ("rw", "ro") or not dest.startswith("/"):
-                raise errors.InvalidArgument(f"invalid volume specification: '{spec}'")
-            if dest in destinations:
-                raise errors.InvalidArgument(f"Duplicate mount point: {dest}")
-            destinations.add(dest)
-            readonly = mode == "ro"
-            if source.startswith("/"):
-                if not os.path.exists(source):
-                    raise errors.InvalidArgument(
-                        f"invalid mount config for type \"bind\": bind source path does not exist: {source}")
-                binds.append((os.path.realpath(source), dest, readonly))
-                mounts.append({"Type": "bind", "Source": source, "Destination": dest, "Mode": mode,
-                               "RW": not readonly, "Propagation": "rprivate"})
-                continue
-            volume = self.volumes.create(source or None)
-            if not source:
-                anonymous.append(volume.name)
-            seed_from_layers(layer_dirs, dest, volume.mountpoint)
-            binds.append((str(volume.mountpoint), dest, readonly))
-            mounts.append({"Type": "volume", "Name": volume.name, "Source": str(volume.mountpoint),
-                           "Destination": dest, "Driver": "local", "Mode": mode, "RW": not readonly,
-                           "Propagation": ""})
-        for dest in sorted((image_config.get("Volumes") or {}).keys()):
-            if dest in destinations:
-                continue
-            volume = self.volumes.create(None)
-            anonymous.append(volume.name)
-            seed_from_layers(layer_dirs, dest, volume.mountpoint)
-            binds.append((str(volume.mountpoint), dest, False))
-            mounts.append({"Type": "volume", "Name": volume.name, "Source": str(volume.mountpoint),
-                           "Destination": dest, "Driver": "local", "Mode": "", "RW": True, "Propagation": ""})
-        return binds, mounts, anonymous
 
     # -- start / stop ------------------------------------------------------------------------------------------
 
@@ -560,7 +422,9 @@ class ContainerManager(ContainerExecVerbs):
     async def export(self, text: str, out: Path) -> None:
         """``export``: the container's filesystem (image + writable layer) as a tar, written atomically."""
         record = await self.get(text)
-        await asyncio.to_thread(_export_tree, self._snapshotter(), record, self.store.dir(record.id), out)
+        from engine.container_views import export_tree
+
+        await asyncio.to_thread(export_tree, self._snapshotter(), record, self.store.dir(record.id), out)
 
     # -- logs --------------------------------------------------------------------------------------------------
 
@@ -589,37 +453,11 @@ class ContainerManager(ContainerExecVerbs):
     # -- inspect -----------------------------------------------------------------------------------------------
 
     def inspect_document(self, record: ContainerRecord) -> dict[str, Any]:
-        state = record.state
-        return {
-            "Id": record.id,
-            "Created": record.created,
-            "Path": record.path,
-            "Args": record.args,
-            "State": {
-                "Status": state.status.value, "Running": state.status in (Status.RUNNING, Status.PAUSED,
-                                                                          Status.RESTARTING),
-                "Paused": state.status == Status.PAUSED, "Restarting": state.status == Status.RESTARTING,
-                "OOMKilled": state.oom_killed, "Dead": state.status == Status.DEAD,
-                "Pid": state.pid if state.running else 0, "ExitCode": state.exit_code, "Error": state.error,
-                "StartedAt": state.started_at, "FinishedAt": state.finished_at,
-            },
-            "Image": record.image_id,
-            "ResolvConfPath": str(self.store.dir(record.id) / "resolv.conf"),
-            "HostnamePath": str(self.store.dir(record.id) / "hostname"),
-            "HostsPath": str(self.store.dir(record.id) / "hosts"),
-            "LogPath": str(self.log_path(record)),
-            "Name": "/" + record.name,
-            "RestartCount": state.restart_count,
-            "ExecIDs": list(self._exec_ids.get(record.id, ())) if state.running and
-            self._exec_ids.get(record.id) else None,
-            "Driver": "overlay",
-            "Platform": "linux",
-            "Mounts": record.mounts,
-            "Config": record.config,
-            "HostConfig": {k: v for k, v in record.host_config.items() if k != "AnonymousVolumes"},
-            "NetworkSettings": record.network or {"Networks": {}},
-        }
+        """Docker's inspect document of ``record`` (as last refreshed; see :mod:`engine.container_views`)."""
+        from engine.container_views import inspect_document
 
+        return inspect_document(record, bundle=self.store.dir(record.id), log_path=self.log_path(record),
+                                exec_ids=self._exec_ids.get(record.id, ()))
 
 def _attached(bundle: Path) -> bool:
     try:
@@ -654,79 +492,6 @@ def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:
     if status in (Status.EXITED, Status.DEAD):
         changes["pid"] = 0
     return record.with_state(**changes)
-
-
-def _export_tree(snapshotter: Snapshotter, record: ContainerRecord, bundle: Path, out: Path) -> None:
-    """Mount the container's root privately (read-only overlay of its layers) and tar it to ``out``."""
-    import tarfile
-    import tempfile
-
-    from engine.snapshots import Mount
-    from engine.snapshots.mount import mount_all, unmount
-
-    layers = _layers_bottom_up(snapshotter, record.snapshot_key)
-    upper = snapshotter.upper_dir(record.snapshot_key)
-    if snapshotter.whiteout_mode == "delete":
-        mounts = [Mount("bind", str(upper), ("rbind", "ro"))]
-    else:
-        lowers = ":".join(str(p) for p in [upper, *reversed(layers)])
-        mounts = [Mount("overlay", "overlay", ("ro", f"lowerdir={lowers}"))]
-    target = Path(tempfile.mkdtemp(prefix="export-", dir=bundle))
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        mount_all(mounts, target)
-        try:
-            with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as tar:
-                for entry in sorted(os.listdir(target)):
-                    tar.add(target / entry, arcname=entry, recursive=True)
-        finally:
-            unmount(target)
-        os.replace(tmp_out, out)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp_out.unlink()
-        raise errors.from_oserror(err, f"export of {record.name} to {out}") from err
-    finally:
-        with contextlib.suppress(OSError):
-            target.rmdir()
-
-
-def _layers_bottom_up(snapshotter: Snapshotter, key: str) -> list[Path]:
-    """The directories holding the image's files for ``key``, lowest first (one full tree for copy)."""
-    if snapshotter.whiteout_mode == "delete":
-        return [snapshotter.upper_dir(key)]
-    return list(reversed(snapshotter.parent_dirs(key)))
-
-
-def _write_user_db(layer_dirs: list[Path], target: Path) -> Path:
-    """A tiny tree with the image's /etc/passwd and /etc/group, for ``--user`` resolution as data.
-
-    The image's /etc is merged from its layers (whiteouts and opaque directories honoured) into a scratch
-    directory; only the two files are kept. Nothing of the image is ever executed or looked up through NSS.
-    """
-    import shutil
-
-    etc = target / "etc"
-    seed = target / "seed"
-    shutil.rmtree(target, ignore_errors=True)
-    etc.mkdir(parents=True)
-    seed.mkdir()
-    try:
-        seed_from_layers(layer_dirs, "/etc", seed, only=frozenset({"passwd", "group"}))
-        for name in ("passwd", "group"):
-            found = seed / name
-            if found.is_file() and not found.is_symlink():
-                os.replace(found, etc / name)
-    finally:
-        shutil.rmtree(seed, ignore_errors=True)
-    return target
-
-
-def _parse_tmpfs(spec: str) -> tuple[str, str]:
-    dest, _, opts = spec.partition(":")
-    if not dest.startswith("/"):
-        raise errors.InvalidArgument(f"invalid tmpfs specification {spec!r}: the path must be absolute")
-    return dest, opts
 
 
 def _now() -> str:
