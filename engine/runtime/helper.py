@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
-from engine.runtime.monitor import Monitor, log
+from engine.runtime.monitor import Monitor
+from engine.runtime.monitor_io import log
 from engine.runtime.protocol import SOCKET_FILE, FrameDecoder, ProtocolError, encode_frame
 
 __all__ = ["BOOTSTRAP", "LOCK_FILE", "helper_pids", "main", "run_monitor", "short_unix_path", "spawn_monitor",

@@ -24,6 +24,10 @@ supervisor records "monitor died" when it next looks (:mod:`engine.runtime.super
 The monitor is single-threaded (one ``selectors`` loop) and imports little, so a forked idle monitor costs a
 few MB. The runtime it drives is a :class:`~engine.runtime.backend.Backend` named in its configuration,
 normally :class:`~engine.runtime.backend.RealBackend`; tests may name another one.
+
+The byte plumbing (container stdio, log and replay buffer, ``monitor.sock`` clients and their framing) is the
+:class:`~engine.runtime.monitor_io.MonitorIO` mixin in :mod:`engine.runtime.monitor_io`; this module keeps the
+lifecycle, the requests and the loop.
 """
 
 from __future__ import annotations
@@ -43,19 +47,18 @@ from typing import Any, Final
 from engine.logs import LogWriter, StreamLogger
 from engine.runtime.backend import REAL_BACKEND, Backend, CgroupLike, RealBackend, load_backend
 from engine.runtime.exec import ExecSessions, child_guard
+from engine.runtime.monitor_io import MonitorIO, _Client, log
 from engine.runtime.protocol import (
     EXIT_FILE,
     MONITOR_FILE,
     SOCKET_FILE,
     STATE_FILE,
-    FrameDecoder,
-    ProtocolError,
     boot_id,
     encode_frame,
     rfc3339nano,
     write_json_atomic,
 )
-from engine.runtime.pty import check_size, make_controlling, open_pty, read_master, set_winsize
+from engine.runtime.pty import check_size, make_controlling, open_pty, set_winsize
 
 # The backend names are re-exported: monitor configs written before the split name them here.
 __all__ = ["REAL_BACKEND", "Backend", "CgroupLike", "Monitor", "RealBackend", "load_backend"]
@@ -65,21 +68,10 @@ _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 60.0
 _BACKOFF_RESET_AFTER: Final = 10.0
 _DRAIN_SECONDS: Final = 2.0
-_MAX_CLIENT_BACKLOG: Final = 8 * 1024 * 1024
 _EXIT_CODES: Final = {"not_found": 127, "not_executable": 126}
-_REPLAY_BYTES: Final = 256 * 1024
 
 
-class _Client:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.decoder = FrameDecoder()
-        self.out = bytearray()
-        self.attached = False
-        self.close_when_flushed = False
-
-
-class Monitor:
+class Monitor(MonitorIO):
     """One container's supervisor loop. Construct in the forked monitor process, then :meth:`run`."""
 
     def __init__(self, container_dir: Path, listener: socket.socket, config: dict[str, Any],
@@ -345,116 +337,6 @@ class Monitor:
                 "restart_count": self.restart_count, "exit": self.last_exit, "monitor_pid": os.getpid(),
                 "exec_ids": self.execs.ids()}
 
-    # --- I/O -------------------------------------------------------------------------------------------------
-
-    def _on_output(self, fd: int) -> None:
-        data = read_master(fd)
-        if data is None:
-            return
-        if not data:
-            self._close_output(fd)
-            return
-        stream = self.outputs[fd]
-        self.loggers[stream].feed(data)
-        frame = encode_frame({"stream": stream}, data)
-        self.recent.append(frame)
-        self.recent_bytes += len(frame)
-        while self.recent_bytes > _REPLAY_BYTES:
-            self.recent_bytes -= len(self.recent.popleft())
-        for client in list(self.clients.values()):
-            if client.attached:
-                self.send(client, frame)
-
-    def _close_output(self, fd: int) -> None:
-        self.sel.unregister(fd)
-        os.close(fd)
-        del self.outputs[fd]
-        if fd == self.master:
-            self.master = -1
-
-    def _flush_stdin(self) -> None:
-        if self.stdin_w < 0:
-            return
-        try:
-            while self.stdin_buf:
-                written = os.write(self.stdin_w, self.stdin_buf)
-                del self.stdin_buf[:written]
-        except BlockingIOError:
-            pass
-        except BrokenPipeError:
-            self.stdin_buf.clear()
-        events = selectors.EVENT_WRITE if self.stdin_buf else 0
-        registered = self.stdin_w in self.sel.get_map()
-        if events and not registered:
-            self.sel.register(self.stdin_w, events, "stdin")
-        elif not events and registered:
-            self.sel.unregister(self.stdin_w)
-        if not self.stdin_buf and self.stdin_closing:
-            os.close(self.stdin_w)
-            self.stdin_w = -1
-
-    def send(self, client: _Client, data: bytes) -> None:
-        if len(client.out) > _MAX_CLIENT_BACKLOG:
-            self._drop(client)  # a client that does not read must not stall the container
-            return
-        client.out += data
-        self._flush_client(client)
-
-    def _reply(self, client: _Client, header: dict[str, Any]) -> None:
-        self.send(client, encode_frame(header))
-
-    def _flush_client(self, client: _Client) -> None:
-        fd = client.sock.fileno()
-        if fd < 0:
-            return
-        try:
-            while client.out:
-                sent = client.sock.send(client.out)
-                del client.out[:sent]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._drop(client)
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
-        self.sel.modify(fd, events, "client")
-        if not client.out and client.close_when_flushed:
-            self._drop(client)
-
-    def _drop(self, client: _Client) -> None:
-        fd = client.sock.fileno()
-        if fd >= 0:
-            self.sel.unregister(fd)
-            self.clients.pop(fd, None)
-        client.sock.close()
-        self.execs.client_gone(client)
-        for waiters in (self.start_waiters, self.stop_waiters, self.final_waiters):
-            if client in waiters:
-                waiters.remove(client)
-
-    def _on_client(self, client: _Client, events: int) -> None:
-        if events & selectors.EVENT_WRITE:
-            self._flush_client(client)
-        if not events & selectors.EVENT_READ or client.sock.fileno() < 0:
-            return
-        try:
-            data = client.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(client)
-            return
-        try:
-            frames = client.decoder.feed(data)
-        except ProtocolError as err:
-            log(f"bad request: {err}")
-            self._drop(client)
-            return
-        for header, payload in frames:
-            self._handle(client, header, payload)
-
     # --- requests --------------------------------------------------------------------------------------------
 
     def _handle(self, client: _Client, req: dict[str, Any], payload: bytes) -> None:
@@ -621,15 +503,7 @@ class Monitor:
     def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
         kind = key.data
         if kind == "listen":
-            while True:
-                try:
-                    sock, _ = self.listener.accept()
-                except (BlockingIOError, OSError):
-                    break
-                sock.setblocking(False)
-                client = _Client(sock)
-                self.clients[sock.fileno()] = client
-                self.sel.register(sock, selectors.EVENT_READ, "client")
+            self._accept_clients()
         elif kind == "wake":
             with contextlib.suppress(BlockingIOError):
                 while os.read(self.wake_r, 4096):
@@ -655,9 +529,3 @@ class Monitor:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.listener)
         self.listener.close()
-
-
-def log(message: str) -> None:
-    """Diagnostics go to the monitor's stderr, which is ``<container dir>/monitor.log``."""
-    with contextlib.suppress(OSError):
-        os.write(2, f"{rfc3339nano()} monitor[{os.getpid()}]: {message}\n".encode())

@@ -17,38 +17,35 @@ written under another boot (``boot_id``) means the host restarted (exit code 255
 Monitors are forked by the state root's helper process (:mod:`engine.runtime.helper`), shared by every engine
 opened on that root and started by the first one that needs it; it exits by itself once idle. :meth:`close`
 only disconnects from it (``stop_helper=True`` stops it, for tests); monitors keep running either way.
+
+Split across three modules: this one (the :class:`Supervisor` API, live state and reconciliation from the
+files), :mod:`engine.runtime.helper_client` (connecting to / starting / stopping the shared helper, and the
+frame connection) and :mod:`engine.runtime.sessions` (:class:`ExecSession`, :class:`AttachSession`, re-exported
+here together with the helper settings, so callers keep importing them from this module).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
-import json
-import os
 import signal
-import socket
-import struct
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
-from engine.errors import (
-    CommandNotExecutable,
-    CommandNotFound,
-    Conflict,
-    InvalidArgument,
-    KernelError,
-    KiteboxError,
-    RuntimeFailure,
-)
+from engine.errors import Conflict, InvalidArgument, KernelError, KiteboxError, RuntimeFailure
 from engine.logs import log_file_path, parse_log_opts
 from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
-from engine.runtime.helper import BOOTSTRAP, LOCK_FILE, short_unix_path
+from engine.runtime.helper import short_unix_path
+from engine.runtime.helper_client import (
+    HELPER_IDLE_ENV,
+    HelperClient,
+    _Connection,
+    _process_gone,
+    helper_idle_seconds,
+    helper_socket_name,
+)
 from engine.runtime.protocol import (
     CONFIG_FILE,
     EXIT_FILE,
@@ -57,60 +54,25 @@ from engine.runtime.protocol import (
     SOCKET_FILE,
     STATE_FILE,
     boot_id,
-    encode_frame,
     parse_signal,
     read_json,
     rfc3339nano,
     write_json_atomic,
 )
+from engine.runtime.sessions import AttachSession, ExecSession, _raise_for
 
 if TYPE_CHECKING:
     from engine.runtime.exec import ExecRequest
     from engine.runtime.spec import RuntimeSpec
 
-__all__ = ["AttachSession", "ExecSession", "ExitInfo", "LiveState", "Supervisor"]
+# The sessions and the helper names are re-exported: callers import them from here.
+__all__ = ["HELPER_IDLE_ENV", "AttachSession", "ExecSession", "ExitInfo", "LiveState", "Supervisor",
+           "helper_idle_seconds", "helper_socket_name"]
 
 Status = Literal["running", "paused", "restarting", "exited", "dead"]
 _POLICIES = ("no", "always", "unless-stopped", "on-failure")
 _QUERY_TIMEOUT = 10.0
-_HEAD = struct.Struct(">II")
 _MONITOR_DIED = "monitor died"
-_SPAWN_TIMEOUT = 30.0
-HELPER_IDLE_ENV = "KITEBOX_HELPER_IDLE"
-_HELPER_IDLE_DEFAULT = 600.0
-_PROJECT = Path(__file__).resolve().parents[2]
-_helper_name: str | None = None
-
-
-def helper_socket_name() -> str:
-    """``helper-<key>.sock``: ``key`` hashes the interpreter and the runtime's source files (name, size, mtime),
-    so an engine only ever talks to a helper running the same code as itself."""
-    global _helper_name
-    if _helper_name is None:
-        parts = [sys.executable, str(_PROJECT)]
-        for directory, names in ((_PROJECT / "engine", ("errors.py", "logs.py")),
-                                 (_PROJECT / "engine" / "runtime", None)):
-            with os.scandir(directory) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
-                    if entry.name.endswith(".py") and (names is None or entry.name in names):
-                        st = entry.stat()
-                        parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
-        _helper_name = f"helper-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.sock"
-    return _helper_name
-
-
-def helper_idle_seconds() -> float:
-    """How long an unused helper stays (``KITEBOX_HELPER_IDLE`` seconds, default 600)."""
-    text = os.environ.get(HELPER_IDLE_ENV)
-    if text is None:
-        return _HELPER_IDLE_DEFAULT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e9:
-        raise InvalidArgument(f"{HELPER_IDLE_ENV}={text!r}: expected a number of seconds greater than 0")
-    return value
 
 
 @dataclass(frozen=True)
@@ -150,175 +112,6 @@ def _live_state(raw: Mapping[str, Any]) -> LiveState:
                      tuple(str(i) for i in raw.get("exec_ids") or ()))
 
 
-def _raise_for(name: str, reply: Mapping[str, Any]) -> None:
-    if reply.get("ok"):
-        return
-    kind, message = reply.get("kind", "failed"), f"container {name}: {reply.get('message', 'failed')}"
-    if kind == "not_found":
-        raise CommandNotFound(message)
-    if kind == "not_executable":
-        raise CommandNotExecutable(message)
-    if kind == "conflict":
-        raise Conflict(message)
-    if kind == "invalid":
-        raise InvalidArgument(message)
-    raise RuntimeFailure(message)
-
-
-class _Connection:
-    """One request/response conversation with a monitor."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        self.writer.write(encode_frame(header, payload))
-        await self.writer.drain()
-
-    async def recv(self) -> tuple[dict[str, Any], bytes] | None:
-        """The next frame, or None when the monitor went away (EOF, reset)."""
-        try:
-            head = await self.reader.readexactly(_HEAD.size)
-            hlen, plen = _HEAD.unpack(head)
-            if hlen + plen > MAX_FRAME:
-                return None
-            body = await self.reader.readexactly(hlen + plen)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        header = json.loads(body[:hlen])
-        return (header, body[hlen:]) if isinstance(header, dict) else None
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _Session:
-    """Byte streams of one process over a monitor connection (see :class:`ExecSession`, :class:`AttachSession`).
-
-    ``read()`` returns the next chunk of output (stdout and stderr alike; a terminal has only one stream) and
-    ``b""`` at the end; ``read_stream()`` says which stream it came from. ``write``/``resize``/``close_stdin``
-    never wait for the process. One reader at a time; writers may run concurrently with it."""
-
-    _input_op = "stdin"
-    _close_op = "close_stdin"
-
-    def __init__(self, conn: _Connection, name: str, tty: bool) -> None:
-        self._conn = conn
-        self._name = name
-        self.tty = tty
-        self._ended = False
-        self._exit: int | None = None
-
-    async def read_stream(self) -> tuple[str, bytes] | None:
-        """``("stdout"|"stderr", bytes)``; None once the process has ended (or the monitor went away)."""
-        while not self._ended:
-            frame = await self._conn.recv()
-            if frame is None:
-                self._ended = True
-                break
-            header, payload = frame
-            if "stream" in header:
-                return str(header["stream"]), payload
-            if "exit" in header:
-                self._exit = int(header["exit"])
-                self._ended = True
-            elif header.get("eof"):
-                self._ended = True
-            elif header.get("ok") is False:
-                _raise_for(self._name, header)
-        return None
-
-    async def read(self) -> bytes:
-        frame = await self.read_stream()
-        return b"" if frame is None else frame[1]
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while data := await self.read():
-            yield data
-
-    async def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        try:
-            await self._conn.send({**header, "quiet": True}, payload)
-        except ConnectionError as err:
-            raise Conflict(f"container {self._name}: the session has ended") from err
-
-    async def write(self, data: bytes) -> None:
-        """Send ``data`` to the process's stdin (its terminal, with ``tty``)."""
-        if data:
-            await self._send({"op": self._input_op}, data)
-
-    async def resize(self, rows: int, cols: int) -> None:
-        """Set the terminal size (the process gets SIGWINCH)."""
-        if not all(isinstance(v, int) and 0 < v < 65536 for v in (rows, cols)):
-            raise InvalidArgument(f"invalid terminal size {rows}x{cols}: rows and columns must be 1-65535")
-        await self._send({"op": "resize", "rows": rows, "cols": cols})
-
-    async def close_stdin(self) -> None:
-        """End of input (``^D`` on a terminal)."""
-        await self._send({"op": self._close_op})
-
-    async def close(self) -> None:
-        """Disconnect. Idempotent."""
-        self._conn.close()
-        with contextlib.suppress(ConnectionError):
-            await self._conn.writer.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class ExecSession(_Session):
-    """An exec'd process: ``id`` (Docker's exec id), ``pid`` (on the host). Closing the session before the
-    process ends hangs its terminal up (or closes its pipes), unless :meth:`detach` was called."""
-
-    _input_op = "exec_stdin"
-    _close_op = "exec_close_stdin"
-
-    def __init__(self, conn: _Connection, name: str, tty: bool, exec_id: str, pid: int) -> None:
-        super().__init__(conn, name, tty)
-        self.id = exec_id
-        self.pid = pid
-
-    async def wait(self) -> int:
-        """The process's exit code (128+n when killed by signal n); output not yet read is discarded."""
-        while await self.read_stream() is not None:
-            pass
-        if self._exit is None:
-            raise RuntimeFailure(f"container {self._name}: its monitor went away before exec {self.id[:12]} "
-                                 "ended")
-        return self._exit
-
-    async def detach(self) -> None:
-        """Leave the process running on its own (output discarded from now on), then disconnect."""
-        with contextlib.suppress(Conflict):
-            await self._send({"op": "exec_detach"})
-        await self.close()
-
-
-class AttachSession(_Session):
-    """The container's main process: its output from now on (with ``replay``, also what it printed since it
-    started, up to 256 KiB), input when it was created with ``-i``. Closing (detaching) leaves it running."""
-
-    def __init__(self, conn: _Connection, name: str, tty: bool, supervisor: Supervisor, container_dir: Path
-                 ) -> None:
-        super().__init__(conn, name, tty)
-        self._supervisor = supervisor
-        self._dir = container_dir
-
-    async def wait(self) -> int:
-        """Until the container stops for good; its exit code."""
-        while await self.read_stream() is not None:
-            pass
-        return (await self._supervisor.wait(self._dir)).exit_code
-
-
 class Supervisor:
     """Starts containers under monitors and talks to the monitors. See the module docstring."""
 
@@ -326,9 +119,7 @@ class Supervisor:
         self.state_root = state_root
         self.backend_ref = backend_ref
         self._backend: Backend | None = None
-        self._starter: subprocess.Popen[bytes] | None = None  # the helper's parent, which exits at once
-        self._helper_conn: _Connection | None = None
-        self._helper_lock = asyncio.Lock()
+        self._helper = HelperClient(state_root)
 
     @classmethod
     async def open(cls, state_root: Path, *, backend: str = REAL_BACKEND) -> Supervisor:
@@ -339,142 +130,21 @@ class Supervisor:
         """Disconnect from the helper (monitors, and the containers, keep running). With ``stop_helper`` the
         state root's helper is asked to exit (it otherwise exits by itself once idle); returns once it has."""
         if stop_helper:
-            await self._stop_helper()
-        if self._helper_conn is not None:
-            self._helper_conn.close()
-            with contextlib.suppress(ConnectionError):
-                await self._helper_conn.writer.wait_closed()  # closed for real: the helper's idle clock starts
-            self._helper_conn = None
-        if self._starter is not None:
-            if self._starter.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(self._starter.wait, 5.0)
-            self._starter = None
+            await self._helper.stop()
+        await self._helper.close()
 
     # --- helper ----------------------------------------------------------------------------------------------
 
     async def warm_up(self) -> None:
         """Connect to the helper now (starting it when none runs) so that the next ``start`` does not wait."""
-        async with self._helper_lock:
-            if self._helper_conn is None:
-                await self._connect_helper()
+        await self._helper.warm_up()
 
     async def helper_pid(self) -> int:
         """The pid of the state root's helper (started when none runs), once it answers."""
-        async with self._helper_lock:
-            if self._helper_conn is None:
-                await self._connect_helper()
-            assert self._helper_conn is not None
-            conn = self._helper_conn
-            try:
-                await conn.send({"op": "ping"})
-                frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
-            except (ConnectionError, TimeoutError):
-                frame = None
-            if frame is None:
-                conn.close()
-                self._helper_conn = None
-                raise RuntimeFailure(f"the monitor helper for {self.state_root} exited unexpectedly")
-        return int(frame[0]["pid"])
+        return await self._helper.helper_pid()
 
     async def _spawn(self, container_dir: Path) -> int:
-        async with self._helper_lock:
-            if self._helper_conn is None:
-                await self._connect_helper()
-            assert self._helper_conn is not None
-            conn = self._helper_conn
-            try:
-                await conn.send({"op": "spawn", "dir": str(container_dir), "backend": self.backend_ref})
-                frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
-            except (ConnectionError, TimeoutError):
-                frame = None
-            if frame is None:
-                conn.close()
-                self._helper_conn = None  # the next call connects again (starting a new helper if needed)
-                raise RuntimeFailure(f"container {container_dir.name}: the monitor helper exited unexpectedly")
-        reply = frame[0]
-        if not reply.get("ok"):
-            raise RuntimeFailure(f"container {container_dir.name}: starting its monitor failed: {reply.get('message')}")
-        return int(reply["pid"])
-
-    async def _connect_helper(self) -> None:
-        sock = await asyncio.to_thread(self._helper_socket)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        self._helper_conn = _Connection(reader, writer)
-
-    def _helper_socket(self) -> socket.socket:
-        """A connection to the state root's helper, starting one when none answers (blocking: run in a thread).
-
-        See :mod:`engine.runtime.helper` for why this is race-free."""
-        path = self.state_root / helper_socket_name()
-        sock = _connect_unix(path)
-        if sock is not None:
-            return sock
-        idle = helper_idle_seconds()
-        try:
-            self.state_root.mkdir(parents=True, exist_ok=True)
-            lock = os.open(self.state_root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise RuntimeFailure(f"monitor helper lock in {self.state_root}: {err.strerror}") from err
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            sock = _connect_unix(path)  # started by another engine while we waited for the lock?
-            if sock is None:
-                self._start_helper(path, idle)
-                sock = _connect_unix(path)
-            if sock is None:
-                raise RuntimeFailure(f"the monitor helper for {self.state_root} did not start")
-            return sock
-        finally:
-            os.close(lock)
-
-    def _start_helper(self, path: Path, idle: float) -> None:
-        """Bind ``path`` and hand the listening socket to a new helper (called under the helper lock)."""
-        _remove_dead_helper_sockets(self.state_root)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            with short_unix_path(path) as name:
-                listener.bind(name)
-            os.chmod(path, 0o600)
-            listener.listen(64)
-            self._starter = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(listener.fileno()), str(_PROJECT),
-                 str(self.state_root), path.name, repr(idle)],
-                pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
-                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-            )
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise RuntimeFailure(f"starting the monitor helper ({sys.executable}) failed: {err.strerror}") from err
-        finally:
-            listener.close()
-
-    async def _stop_helper(self) -> None:
-        async with self._helper_lock:
-            conn = self._helper_conn
-            self._helper_conn = None
-            if conn is None:
-                sock = await asyncio.to_thread(_connect_unix, self.state_root / helper_socket_name())
-                if sock is None:
-                    return
-                reader, writer = await asyncio.open_unix_connection(sock=sock)
-                conn = _Connection(reader, writer)
-            pid: int | None = None
-            try:
-                await conn.send({"op": "shutdown"})
-                async with asyncio.timeout(5.0):
-                    while (frame := await conn.recv()) is not None:  # the reply, then EOF as the helper exits
-                        pid = frame[0].get("pid", pid)
-            except (ConnectionError, TimeoutError):
-                pass
-            finally:
-                conn.close()
-            if isinstance(pid, int):
-                await _process_gone(pid)
+        return await self._helper.spawn(container_dir, self.backend_ref)
 
     def _runtime(self) -> Backend:
         if self._backend is None:
@@ -730,45 +400,3 @@ class Supervisor:
             cgroup.destroy()
         except OSError as err:
             raise KernelError(f"cgroup of container {container_dir.name}: {err.strerror}") from err
-
-
-def _connect_unix(path: Path) -> socket.socket | None:
-    """A connected socket to ``path``, or None when nothing listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        with short_unix_path(path) as name:
-            sock.connect(name)
-    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, NotADirectoryError):
-        sock.close()
-        return None
-    except OSError as err:
-        sock.close()
-        raise RuntimeFailure(f"monitor helper {path}: {err.strerror}") from err
-    return sock
-
-
-def _remove_dead_helper_sockets(state_root: Path) -> None:
-    """Socket files of helpers that died without retiring (killed, host crash) are just clutter."""
-    with contextlib.suppress(OSError, KiteboxError):
-        for name in os.listdir(state_root):
-            if name.startswith("helper-") and name.endswith(".sock"):
-                sock = _connect_unix(state_root / name)
-                if sock is None:
-                    with contextlib.suppress(OSError):
-                        (state_root / name).unlink()
-                else:
-                    sock.close()
-
-
-async def _process_gone(pid: int, timeout: float = 5.0) -> None:
-    """Until process ``pid`` has exited (a zombie counts as exited), at most ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                if handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except (OSError, IndexError):
-            return
-        await asyncio.sleep(0.002)
