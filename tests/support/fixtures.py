@@ -17,6 +17,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -163,6 +164,7 @@ def isolated_kitebox_config(
     monkeypatch.setenv("KITEBOX_CONFIG", str(path))
     monkeypatch.setenv("KITEBOX_HELPER_IDLE", "60")
     had_default = os.path.exists("/sys/class/net/kitebox0")
+    cgroup_parents = set(Path("/sys/fs/cgroup").glob("*/kitebox")) | set(Path("/sys/fs/cgroup").glob("kitebox"))
     yield path
     stop_helpers(tmp_path)
     if os.geteuid() != 0:
@@ -179,6 +181,12 @@ def isolated_kitebox_config(
         if name.startswith(tag):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
     subprocess.run(["nft", "delete", "table", "ip", tag], capture_output=True)
+    # The engine's cgroup parent ("kitebox") in each hierarchy: remove it if this test created it and left it
+    # empty (rmdir refuses a cgroup with children or tasks, so a user's containers are never affected).
+    for parent in set(Path("/sys/fs/cgroup").glob("*/kitebox")) | set(Path("/sys/fs/cgroup").glob("kitebox")):
+        if parent not in cgroup_parents:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     with open("/proc/self/mountinfo") as handle:
         mounts = [line.split()[4] for line in handle]
     for mount in reversed(mounts):
