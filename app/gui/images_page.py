@@ -46,13 +46,11 @@ def _created(text: str | None) -> str:
     return (text or "")[:19].replace("T", " ")
 
 
-class ImageTableModel(QAbstractTableModel):
-    HEADERS: Final = ("Repository:tag", "Image ID", "Size", "Created")
-    RecordRole: Final = Qt.ItemDataRole.UserRole + 1
+class _RowsTableModel(QAbstractTableModel):
+    """A read-only table over a list of rows: the row/column counts and headers every table here shares."""
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[tuple[str, ImageRecord]] = []
+    HEADERS: tuple[str, ...] = ()
+    _rows: list[Any]
 
     def rowCount(self, parent: _Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self._rows)
@@ -64,6 +62,15 @@ class ImageTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
             return self.HEADERS[section]
         return None
+
+
+class ImageTableModel(_RowsTableModel):
+    HEADERS = ("Repository:tag", "Image ID", "Size", "Created")
+    RecordRole: Final = Qt.ItemDataRole.UserRole + 1
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[tuple[str, ImageRecord]] = []
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or index.row() >= len(self._rows):
@@ -210,23 +217,12 @@ class ImagesPage(_Page):
         dialog.show()
 
 
-class VolumeTableModel(QAbstractTableModel):
-    HEADERS: Final = ("Name", "Mount point", "Created")
+class VolumeTableModel(_RowsTableModel):
+    HEADERS = ("Name", "Mount point", "Created")
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._rows: list[dict[str, Any]] = []
-
-    def rowCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.HEADERS[section]
-        return None
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or index.row() >= len(self._rows):
