@@ -17,6 +17,7 @@ from typing import Any
 from app.cli.networks import add_run_flags, network_flags
 from app.cli.output import (
     SubCommands,
+    each,
     human_duration,
     human_duration_since,
     parse_rfc3339,
@@ -327,21 +328,6 @@ async def create(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _each(args: argparse.Namespace, action: Any, *, echo: bool = True) -> int:
-    """Apply ``action`` to every named container, reporting each failure like Docker and carrying on."""
-    status = 0
-    for name in args.containers:
-        try:
-            await action(name)
-        except KiteboxError as err:
-            print(f"Error response from daemon: {err}", file=sys.stderr)
-            status = err.exit_code
-            continue
-        if echo:
-            print(name)
-    return status
-
-
 async def start(engine: Engine, args: argparse.Namespace) -> int:
     if args.attach:
         if len(args.containers) != 1:
@@ -352,40 +338,41 @@ async def start(engine: Engine, args: argparse.Namespace) -> int:
             return 0 if code is None else code
         await _stream_logs(engine, record.id, follow=True)
         return await engine.containers.wait(record.id)
-    return await _each(args, engine.containers.start)
+    return await each(args.containers, engine.containers.start)
 
 
 async def stop(engine: Engine, args: argparse.Namespace) -> int:
     timeout = None if args.time is None else float(args.time)
-    return await _each(args, lambda name: engine.containers.stop(name, timeout=timeout))
+    return await each(args.containers, lambda name: engine.containers.stop(name, timeout=timeout))
 
 
 async def restart(engine: Engine, args: argparse.Namespace) -> int:
     timeout = None if args.time is None else float(args.time)
-    return await _each(args, lambda name: engine.containers.restart(name, timeout=timeout))
+    return await each(args.containers, lambda name: engine.containers.restart(name, timeout=timeout))
 
 
 async def kill(engine: Engine, args: argparse.Namespace) -> int:
-    return await _each(args, lambda name: engine.containers.kill(name, args.signal))
+    return await each(args.containers, lambda name: engine.containers.kill(name, args.signal))
 
 
 async def pause(engine: Engine, args: argparse.Namespace) -> int:
-    return await _each(args, engine.containers.pause)
+    return await each(args.containers, engine.containers.pause)
 
 
 async def unpause(engine: Engine, args: argparse.Namespace) -> int:
-    return await _each(args, engine.containers.unpause)
+    return await each(args.containers, engine.containers.unpause)
 
 
 async def wait(engine: Engine, args: argparse.Namespace) -> int:
     async def one(name: str) -> None:
         print(await engine.containers.wait(name))
 
-    return await _each(args, one, echo=False)
+    return await each(args.containers, one, echo=False)
 
 
 async def rm(engine: Engine, args: argparse.Namespace) -> int:
-    return await _each(args, lambda name: engine.containers.remove(name, force=args.force, volumes=args.volumes))
+    return await each(args.containers,
+                      lambda name: engine.containers.remove(name, force=args.force, volumes=args.volumes))
 
 
 async def rename(engine: Engine, args: argparse.Namespace) -> int:

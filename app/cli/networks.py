@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.cli.output import SubCommands, print_json_lines, print_table
-from engine import Engine, KiteboxError, NotFound
+from app.cli.output import SubCommands, each, inspect_each, print_json_lines, print_table
+from engine import Engine, NotFound
 
 __all__ = ["NetworkFlags", "add_run_flags", "network_flags", "register"]
 
@@ -133,28 +131,11 @@ async def ls(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def inspect(engine: Engine, args: argparse.Namespace) -> int:
-    documents = []
-    status = 0
-    for name in args.names:
-        try:
-            documents.append(await _networks(engine).inspect(name))
-        except KiteboxError as err:
-            print(f"Error: {err}", file=sys.stderr)
-            status = err.exit_code
-    print(json.dumps(documents, indent=4))
-    return status
+    return await inspect_each(args.names, _networks(engine).inspect)
 
 
 async def rm(engine: Engine, args: argparse.Namespace) -> int:
-    status = 0
-    for name in args.names:
-        try:
-            await _networks(engine).remove(name)
-            print(name)
-        except KiteboxError as err:
-            print(f"Error response from daemon: {err}", file=sys.stderr)
-            status = err.exit_code
-    return status
+    return await each(args.names, _networks(engine).remove)
 
 
 async def connect(engine: Engine, args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -13,7 +13,16 @@ SubCommands = Any
 """The argparse sub-command action that command modules register their parsers on."""
 """What command modules register their parsers on."""
 
-__all__ = ["SubCommands", "human_duration_since", "human_size", "parse_rfc3339", "print_json_lines", "print_table"]
+__all__ = [
+    "SubCommands",
+    "each",
+    "human_duration_since",
+    "human_size",
+    "inspect_each",
+    "parse_rfc3339",
+    "print_json_lines",
+    "print_table",
+]
 
 
 def human_size(size: float) -> str:
@@ -107,3 +116,36 @@ def print_json_lines(objects: Sequence[Mapping[str, Any]], out: TextIO | None = 
     out = out or sys.stdout
     for obj in objects:
         out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+async def each(names: Sequence[str], action: Callable[[str], Awaitable[object]], *, echo: bool = True) -> int:
+    """Apply ``action`` to every name, reporting each failure like Docker and carrying on; echo successes."""
+    from engine import KiteboxError
+
+    status = 0
+    for name in names:
+        try:
+            await action(name)
+        except KiteboxError as err:
+            print(f"Error response from daemon: {err}", file=sys.stderr)
+            status = err.exit_code
+            continue
+        if echo:
+            print(name)
+    return status
+
+
+async def inspect_each(names: Sequence[str], fetch: Callable[[str], Awaitable[Mapping[str, Any]]]) -> int:
+    """Print the JSON array of ``fetch(name)`` documents; a name that fails is reported and skipped."""
+    from engine import KiteboxError
+
+    documents = []
+    status = 0
+    for name in names:
+        try:
+            documents.append(await fetch(name))
+        except KiteboxError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            status = err.exit_code
+    print(json.dumps(documents, indent=4))
+    return status

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from app.cli.output import SubCommands, print_json_lines, print_table
-from engine import Engine, KiteboxError
+from app.cli.output import SubCommands, each, inspect_each, print_json_lines, print_table
+from engine import Engine
 
 __all__ = ["register"]
 
@@ -58,29 +57,11 @@ async def ls(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def inspect(engine: Engine, args: argparse.Namespace) -> int:
-    documents = []
-    status = 0
-    for name in args.names:
-        try:
-            documents.append(await engine.inspect_volume(name))
-        except KiteboxError as err:
-            print(f"Error: {err}", file=sys.stderr)
-            status = err.exit_code
-    print(json.dumps(documents, indent=4))
-    return status
+    return await inspect_each(args.names, engine.inspect_volume)
 
 
 async def rm(engine: Engine, args: argparse.Namespace) -> int:
-    status = 0
-    for name in args.names:
-        try:
-            await engine.remove_volume(name, missing_ok=args.force)
-        except KiteboxError as err:
-            print(f"Error response from daemon: {err}", file=sys.stderr)
-            status = err.exit_code
-            continue
-        print(name)
-    return status
+    return await each(args.names, lambda name: engine.remove_volume(name, missing_ok=args.force))
 
 
 async def prune(engine: Engine, args: argparse.Namespace) -> int:
