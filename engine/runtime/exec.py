@@ -528,12 +528,7 @@ class ExecSessions:
                         self._unwatch(fd)
                     session.outputs.clear()
                     session.master = -1
-                    if session.stdin_w >= 0:
-                        self.fds.pop(session.stdin_w, None)
-                        with contextlib.suppress(KeyError, ValueError):
-                            self.host.sel.unregister(session.stdin_w)
-                        os.close(session.stdin_w)
-                        session.stdin_w = -1
+                    self._close_stdin(session)
 
     def _close_all(self, session: _Exec) -> None:
         for fd in [*session.outputs, session.error_r]:
@@ -541,6 +536,10 @@ class ExecSessions:
                 self._unwatch(fd)
         session.outputs.clear()
         session.error_r = -1
+        self._close_stdin(session)
+
+    def _close_stdin(self, session: _Exec) -> None:
+        """Stop feeding the session's stdin: forget and close the pipe's write end (once)."""
         if session.stdin_w >= 0:
             self.fds.pop(session.stdin_w, None)
             with contextlib.suppress(KeyError, ValueError):
