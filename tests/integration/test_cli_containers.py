@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.images import busybox_image, push_image
-from tests.support.registry import RegistryServer
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
 
-@pytest.fixture
-def cli(tmp_path: Path, registry: RegistryServer, repo_name: str) -> Iterator[Cli]:
-    push_image(registry.url, repo_name, "latest", busybox_image(compression="gzip"))
-    runner = Cli(tmp_path / "state", f"{registry.host}/{repo_name}:latest")
-    try:
-        yield runner
-    finally:
-        ids = runner("ps", "-aq", "--no-trunc").stdout.split()
-        if ids:
-            runner("rm", "-f", "-v", *ids)
 
 
 def test_run_pulls_missing_image_and_returns_exit_code(cli: Cli) -> None:

@@ -6,31 +6,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.images import busybox_image, push_image
-from tests.support.registry import RegistryServer
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
 
-@pytest.fixture
-def cli(tmp_path: Path, registry: RegistryServer, repo_name: str) -> Iterator[Cli]:
-    push_image(registry.url, repo_name, "latest", busybox_image(compression="gzip"))
-    runner = Cli(tmp_path / "state", f"{registry.host}/{repo_name}:latest")
-    try:
-        yield runner
-    finally:
-        ids = runner("ps", "-aq", "--no-trunc").stdout.split()
-        if ids:
-            runner("rm", "-f", *ids)
-        runner("network", "prune", "-f")
-    netns = tmp_path / "state" / "netns"
-    assert not netns.exists() or list(netns.iterdir()) == [], "a network namespace was left behind"
 
 
 def http_get(host: str, port: int, path: str, deadline: float = 10.0) -> str:

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
+from tests.support.cli import Cli
 from tests.support.faulty import FaultyProxy
-from tests.support.images import BuiltImage
+from tests.support.images import BuiltImage, push_image
 from tests.support.images import busybox_image as build_busybox_image
 from tests.support.registry import RegistryServer, registry_available
 from tests.support.tokenserver import TokenServer, TokenSigner
@@ -213,3 +214,22 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
         await opened.close()
     leaked = {m for m in _mount_targets() - before if str(tmp_path) in m}
     assert not leaked, f"mounts leaked: {leaked}"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, registry: RegistryServer, repo_name: str) -> Iterator[Cli]:
+    """The ``kitebox`` CLI on ``tmp_path/state`` with a busybox image in the test registry (``cli.image``).
+
+    At the end every container is removed and every network pruned; no network namespace may be left.
+    """
+    push_image(registry.url, repo_name, "latest", build_busybox_image(compression="gzip"))
+    runner = Cli(tmp_path / "state", f"{registry.host}/{repo_name}:latest")
+    try:
+        yield runner
+    finally:
+        ids = runner("ps", "-aq", "--no-trunc").stdout.split()
+        if ids:
+            runner("rm", "-f", "-v", *ids)
+        runner("network", "prune", "-f")
+    netns = tmp_path / "state" / "netns"
+    assert not netns.exists() or list(netns.iterdir()) == [], "a network namespace was left behind"
