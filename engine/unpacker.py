@@ -31,7 +31,7 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from engine.config import Limits
 from engine.content import ContentStore
@@ -111,6 +111,22 @@ def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(error, KiteboxError):
             return error
     return flat[0]
+
+
+async def _settled(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``asyncio.to_thread`` whose cancellation waits for the thread to finish before propagating.
+
+    A cancelled ``to_thread`` returns at once while its thread goes on: a ``prepare`` would then create its
+    snapshot *after* the caller's clean-up ran, leaving a temporary snapshot behind. Waiting makes the thread's
+    side effect land first, so the clean-up sees (and removes) it.
+    """
+    job = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await job
+        raise
 
 
 async def _in_thread(work: Callable[[], _T], name: str) -> _T:
@@ -241,8 +257,8 @@ class Unpacker:
         async with slots:
             if progress is not None:
                 progress(PullProgress(reference, layer.digest, "extracting", 0, layer.size))
-            await asyncio.to_thread(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
             try:
+                await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
                 upper = await asyncio.to_thread(sn.upper_dir, key)
                 detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
                     reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
@@ -332,8 +348,8 @@ class Unpacker:
     ) -> ApplyResult:
         sn = self._snapshotter
         key = _temporary_key(cid)
-        await asyncio.to_thread(sn.prepare, key, parent, labels={TEMPORARY_LABEL: "1"})
         try:
+            await _settled(sn.prepare, key, parent, labels={TEMPORARY_LABEL: "1"})
             upper = sn.upper_dir(key)
             lower = sn.parent_dirs(key)
             result = await self._read_and_apply(layer, source, lambda reader: apply_layer(
