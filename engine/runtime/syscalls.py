@@ -11,6 +11,18 @@ import os
 import platform
 from typing import Final
 
+from engine.mountopts import (  # re-exported: the mount flags live in one table
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_SLAVE,
+)
+
 __all__ = [
     "CGROUP2_SUPER_MAGIC",
     "CLONE_NEWCGROUP",
@@ -53,15 +65,6 @@ CLONE_NEWIPC: Final = 0x08000000
 CLONE_NEWPID: Final = 0x20000000
 CLONE_NEWNET: Final = 0x40000000
 
-MS_RDONLY: Final = 0x1
-MS_NOSUID: Final = 0x2
-MS_NODEV: Final = 0x4
-MS_NOEXEC: Final = 0x8
-MS_REMOUNT: Final = 0x20
-MS_BIND: Final = 0x1000
-MS_REC: Final = 0x4000
-MS_PRIVATE: Final = 0x40000
-MS_SLAVE: Final = 0x80000
 MNT_DETACH: Final = 0x2
 
 RESOLVE_NO_MAGICLINKS: Final = 0x02

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +56,20 @@ def _int_field(text: str) -> int | None:
     return int(text) if text.isdecimal() and int(text) <= MAX_ID else None
 
 
+def _records(text: str, min_fields: int) -> Iterator[list[str]]:
+    """The colon-separated records of a passwd/group file with at least ``min_fields`` fields; blank, comment
+    and short lines are skipped (as libc does)."""
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            fields = line.split(":")
+            if len(fields) >= min_fields:
+                yield fields
+
+
 def parse_passwd(text: str) -> list[PasswdEntry]:
     """Entries of a passwd file; blank, comment and malformed lines are skipped (as libc does)."""
     entries = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 4:
-            continue
+    for fields in _records(text, 4):
         uid, gid = _int_field(fields[2]), _int_field(fields[3])
         if uid is None or gid is None:
             continue
@@ -74,12 +80,7 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
 def parse_group(text: str) -> list[GroupEntry]:
     """Entries of a group file; blank, comment and malformed lines are skipped."""
     entries = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 3:
-            continue
+    for fields in _records(text, 3):
         gid = _int_field(fields[2])
         if gid is None:
             continue
