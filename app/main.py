@@ -1,7 +1,8 @@
 """``kitebox`` entry point: the desktop app with no command (or ``kitebox gui``), the CLI otherwise.
 
-The dispatch lives in ``app.cli.main.main`` (it parses ``--root``/``--config`` for both); Qt is imported only
-when the app is requested.
+A CLI command first goes to the state root's warm template (:mod:`app.forkclient`: a fork of a process that
+has everything imported runs it, which saves most of a short command's time); when none can run it, the
+dispatch in ``app.cli.main.main`` runs it here. Qt is imported only when the app is requested.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import sys
 
 
 def main() -> None:
-    from app.cli.main import main as cli_main
+    from app.forkclient import run
 
-    sys.exit(cli_main())
+    code = run(sys.argv[1:])
+    if code is None:
+        from app.cli.main import main as cli_main
+
+        code = cli_main()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.forkclient import BOOTSTRAP as TEMPLATE_BOOTSTRAP
 from engine.runtime.helper import stop_helpers
 from tests.support.busybox import busybox_layer_tar
 
@@ -58,10 +59,11 @@ def cli_env(work: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def stopping_helpers(work: Path) -> Iterator[None]:
-    """Stop the monitor helpers of the state roots under ``work`` on the way out."""
+    """Stop the monitor helpers and CLI templates of the state roots under ``work`` on the way out."""
     try:
         yield
     finally:
+        stop_helpers(work, bootstrap=TEMPLATE_BOOTSTRAP)
         stop_helpers(work)
 
 
@@ -108,6 +110,7 @@ def main() -> int:
     finally:
         subprocess.run([*kitebox, "rm", "-f", "bench"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        cwd=REPO, check=False, env=env)
+        stop_helpers(work, bootstrap=TEMPLATE_BOOTSTRAP)
         stop_helpers(work)
         if podman_base is not None:
             subprocess.run([*podman_base, "rm", "-f", "-t", "0", "bench"], stdout=subprocess.DEVNULL,

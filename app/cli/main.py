@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.forkclient import command_word
 from engine import VERSION, Engine, KiteboxError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "prebuild_parser"]
 
 PROG = "kitebox"
 
@@ -51,24 +52,11 @@ class _OnlyCommand:
         return _Skip()
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The command in ``argv`` (the first word that is neither a global option nor its value)."""
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word in ("--root", "--config"):
-            skip = True
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with ``argv``, only the parsers that command needs are built (help shows all)."""
     from app.cli import containers, exec, images, networks, system, volumes
 
-    wanted = _command_word(argv) if argv is not None else None
+    wanted = command_word(argv) if argv is not None else None
     parser = _Parser(prog=PROG, description="Kitebox: containers without a daemon.")
     parser.add_argument("--root", type=Path, help="State root (default: $KITEBOX_ROOT, /var/lib/kitebox as root, "
                         "else $XDG_DATA_HOME/kitebox)")
@@ -129,9 +117,18 @@ async def _run(args: argparse.Namespace) -> int:
         await engine.close()
 
 
+_prebuilt: argparse.ArgumentParser | None = None
+
+
+def prebuild_parser() -> None:
+    """Build every command's parser now (the CLI's warm template does, so its forks only parse)."""
+    global _prebuilt
+    _prebuilt = build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
+    parser = _prebuilt or build_parser(argv)
     args = parser.parse_args(argv)
     if args.version:
         print(f"Kitebox version {VERSION}")

@@ -221,10 +221,14 @@ class _Server:
                 return
             except OSError:
                 return
-            sock.settimeout(_SEND_TIMEOUT)  # replies are small; a client that never reads is dropped
-            self.clients[sock.fileno()] = (sock, FrameDecoder())
-            self.sel.register(sock, selectors.EVENT_READ, "client")
             self.last_activity = time.monotonic()
+            self._on_accept(sock)
+
+    def _on_accept(self, sock: socket.socket) -> None:
+        """Take a new connection (a subclass may serve it at once instead, as engine.forkserver does)."""
+        sock.settimeout(_SEND_TIMEOUT)  # replies are small; a client that never reads is dropped
+        self.clients[sock.fileno()] = (sock, FrameDecoder())
+        self.sel.register(sock, selectors.EVENT_READ, "client")
 
     def _drop(self, sock: socket.socket) -> None:
         self.clients.pop(sock.fileno(), None)
@@ -330,10 +334,11 @@ def main(listen_fd: int, state_root: str, socket_name: str, idle: float) -> None
     os._exit(0)
 
 
-def helper_pids(under: Path) -> list[int]:
+def helper_pids(under: Path, bootstrap: str = BOOTSTRAP) -> list[int]:
     """Pids of the running helpers whose state root is ``under`` or inside it (found by their command line; a
-    helper's short-lived starting parent has the same one)."""
-    marker = BOOTSTRAP.encode()
+    helper's short-lived starting parent has the same one). ``bootstrap`` names another kind of per-root
+    process started with the same argument layout (engine.forkserver's templates)."""
+    marker = bootstrap.encode()
     prefix = os.fsencode(str(under.absolute()))
     found = []
     for name in os.listdir("/proc"):
@@ -351,11 +356,11 @@ def helper_pids(under: Path) -> list[int]:
     return found
 
 
-def stop_helpers(under: Path, timeout: float = 5.0) -> list[int]:
+def stop_helpers(under: Path, timeout: float = 5.0, bootstrap: str = BOOTSTRAP) -> list[int]:
     """SIGTERM the helpers of the state roots under ``under`` and wait until they are gone; their pids.
 
     Monitors are not affected (they are not the helper's children). For tests and ``system`` clean-ups."""
-    pids = helper_pids(under)
+    pids = helper_pids(under, bootstrap)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -146,13 +146,14 @@ def isolated_kitebox_config(
     """Every test gets its own Kitebox config (``KITEBOX_CONFIG``): bridge, nftables table and subnet names
     unique to the test, so tests never touch a user's ``kitebox0`` and leave nothing behind: the teardown
     deletes the test's links and table and unmounts the network namespaces under its tmp_path. Monitor helpers
-    of state roots under tmp_path (they outlive the engines that started them) are stopped too, and any helper
-    the test starts idles out after a minute even if this teardown never runs."""
+    and CLI templates of state roots under tmp_path (they outlive the commands that started them) are stopped
+    too, and any the test starts idles out after a minute even if this teardown never runs."""
     import json
     import os
     import secrets
     import subprocess
 
+    from app.forkclient import BOOTSTRAP as TEMPLATE_BOOTSTRAP
     from engine.runtime.helper import stop_helpers
 
     tag = f"kbt{secrets.token_hex(3)}"
@@ -167,6 +168,7 @@ def isolated_kitebox_config(
     had_default = os.path.exists("/sys/class/net/kitebox0")
     cgroup_parents = set(Path("/sys/fs/cgroup").glob("*/kitebox")) | set(Path("/sys/fs/cgroup").glob("kitebox"))
     yield path
+    stop_helpers(tmp_path, bootstrap=TEMPLATE_BOOTSTRAP)
     stop_helpers(tmp_path)
     if os.geteuid() != 0:
         return

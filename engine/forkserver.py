@@ -1,0 +1,243 @@
+"""Warm templates: one process per state root that has a front end and the engine imported and forks a worker
+per command -- the ``kitebox`` CLI's fast start (see app/forkclient.py, the client, for why, the wire format
+and the lifetime rules). The mechanism is here, the policy is the caller's: the bootstrap names the function a
+worker runs (``module:function``, called with the command's arguments, returning its exit code) and the
+modules to preload (``module`` to import, ``module:function`` to import and call, e.g. to build parsers).
+
+The template is single-threaded and never opens an engine, an event loop or a file of the state root, so each
+fork starts from a clean, quiet heap with everything imported (``gc.freeze`` keeps the workers' garbage
+collector from touching, and so copying, the inherited objects). A worker:
+
+* takes the client's stdin/stdout/stderr (received with SCM_RIGHTS) as its fds 0-2 and rebuilds ``sys.std*``
+  on them (line-buffered on a terminal, as a fresh interpreter would), adopts the client's working directory,
+  umask and environment, and restores the signal dispositions a fresh interpreter has;
+* reports ``P<pid>`` so the client can forward signals, runs the target with the command's arguments and
+  reports ``X<code>``;
+* kills itself when the client goes away first (a daemon thread blocked reading the connection sees EOF): the
+  command was the client's, and a killed ``kitebox`` leaves nothing running in its name, exactly as when the
+  command ran in the client itself.
+
+Only connections from the template's own user are served (``SO_PEERCRED``); the socket file is 0600 too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import io
+import os
+import pkgutil
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, NamedTuple, NoReturn
+
+from engine.runtime.helper import _Server
+
+__all__ = ["MAGIC", "Request", "decode_request", "main"]
+
+MAGIC: Final = b"KB1"  # app/forkclient.py writes it (a test keeps the two equal)
+
+_CREDENTIALS: Final = struct.Struct("3i")
+_RECEIVE_TIMEOUT: Final = 5.0
+_MAX_REQUEST: Final = 4 * 1024 * 1024
+# Besides the caller's list: every engine module, because front ends load rooms lazily (the point of the
+# template is that a command finds nothing left to import), and what asyncio loads on first use.
+_ALWAYS: Final = ("asyncio", "concurrent.futures.thread", "sqlite3")
+
+
+class Request(NamedTuple):
+    cwd: str
+    umask: int
+    argv: list[str]
+    env: dict[str, str]
+
+
+def decode_request(body: bytes) -> Request:
+    """The request in ``body`` (without its length line); ValueError when it is malformed."""
+    fields = body.split(b"\0")
+    if len(fields) < 4 or fields[0] != MAGIC:
+        raise ValueError("not a kitebox command request")
+    nargs = int(fields[3])
+    if not 0 <= nargs <= len(fields) - 4:
+        raise ValueError("bad argument count")
+    argv = [os.fsdecode(field) for field in fields[4 : 4 + nargs]]
+    env: dict[str, str] = {}
+    for field in fields[4 + nargs :]:
+        key, sep, value = os.fsdecode(field).partition("=")
+        if not sep or not key:
+            raise ValueError("bad environment entry")
+        env[key] = value
+    return Request(os.fsdecode(fields[1]), int(fields[2], 8), argv, env)
+
+
+def _receive(sock: socket.socket) -> tuple[Request, list[int]]:
+    """Read one request and the three stdio fds that come with it; ValueError/OSError when it is not one."""
+    fds: list[int] = []
+    try:
+        data, ancillary, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+        if len(fds) != 3:
+            raise ValueError("a request must carry exactly three file descriptors")
+        head, sep, body = data.partition(b"\n")
+        if not sep or not head.isdigit() or int(head) > _MAX_REQUEST:
+            raise ValueError("bad request length")
+        while len(body) < int(head):
+            chunk = sock.recv(min(65536, int(head) - len(body)))
+            if not chunk:
+                raise ValueError("request cut short")
+            body += chunk
+        return decode_request(body), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+class _Template(_Server):
+    """The helper's accept/idle/retire loop; each connection is one command, served by a forked worker."""
+
+    target: Callable[[list[str]], int]
+
+    def _on_accept(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                _, uid, _ = _CREDENTIALS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                _CREDENTIALS.size))
+                if uid != os.getuid():
+                    return
+                sock.settimeout(_RECEIVE_TIMEOUT)
+                request, fds = _receive(sock)
+            except (OSError, ValueError):
+                return  # the client sees EOF before "P" and runs the command itself
+            try:
+                pid = os.fork()
+            except OSError:
+                pid = -1
+            if pid == 0:
+                self._run_worker(sock, request, fds)
+            for fd in fds:
+                os.close(fd)
+
+    def _run_worker(self, sock: socket.socket, request: Request, fds: list[int]) -> NoReturn:
+        code = 125
+        try:
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.sel.close()
+            self.listener.close()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+            _adopt_stdio()
+            os.umask(request.umask)
+            os.environ.clear()
+            os.environ.update(request.env)
+            sock.settimeout(None)
+            sock.sendall(b"P%d\n" % os.getpid())
+            threading.Thread(target=_die_with_client, args=(sock,), name="client-watch", daemon=True).start()
+            code = _run_command(self.target, request)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):
+                    stream.flush()
+            with contextlib.suppress(BaseException):
+                sock.sendall(b"X%d\n" % code)
+            os._exit(0)
+
+
+def _adopt_stdio() -> None:
+    """``sys.stdin/stdout/stderr`` on the new fds 0-2, buffered the way a fresh interpreter would buffer them."""
+    encoding = sys.stdout.encoding
+    # The new streams live as long as the process (closefd=False: the fds stay the process's 0-2).
+    sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding=encoding)  # noqa: SIM115
+    out = open(1, "wb", closefd=False)  # noqa: SIM115
+    sys.stdout = io.TextIOWrapper(out, encoding=encoding, line_buffering=out.isatty())
+    err = open(2, "wb", closefd=False)  # noqa: SIM115
+    sys.stderr = io.TextIOWrapper(err, encoding=encoding, errors="backslashreplace", line_buffering=True)
+
+
+def _run_command(target: Callable[[list[str]], int], request: Request) -> int:
+    try:
+        os.chdir(request.cwd)
+    except OSError as err:
+        print(f"kitebox: working directory {request.cwd}: {err.strerror}", file=sys.stderr)
+        return 125
+    sys.argv = ["kitebox", *request.argv]
+    try:
+        return target(request.argv)
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _die_with_client(sock: socket.socket) -> None:
+    """Block until the client's end of the connection closes; if it does first, end this command's process."""
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resolve(name: str) -> Any:
+    """``module`` -> the module; ``module:function`` -> the function (its module imported)."""
+    module, _, function = name.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, function) if function else loaded
+
+
+def preload(names: list[str]) -> None:
+    """Import (and for ``module:function``, call) ``names``, then every engine module; freeze the heap."""
+    for name in [*_ALWAYS, *names]:
+        if ":" in name:
+            _resolve(name)()
+        else:
+            _resolve(name)
+    import engine
+
+    for info in pkgutil.walk_packages(engine.__path__, "engine."):
+        importlib.import_module(info.name)
+    gc.collect()
+    gc.freeze()
+
+
+def main(listen_fd: int, state_root: str, socket_name: str, idle: float, target: str, preloads: str) -> None:
+    """Serve the listening socket ``listen_fd`` (bound at ``<state_root>/<socket_name>``) until retired: each
+    command runs ``target`` (``module:function``) in a fork, after ``preloads`` (comma-separated, see
+    :func:`preload`) were loaded here once."""
+    os.chdir("/")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C in the terminal that started us is not for us
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    listener = socket.socket(fileno=listen_fd)
+    try:
+        preload([name for name in preloads.split(",") if name])
+        function = _resolve(target)
+    except BaseException:
+        listener.close()  # queued clients see EOF before "P" and run their commands themselves
+        raise
+    server = _Template(listener, Path(state_root), socket_name, idle)
+    server.target = function
+    try:
+        server.serve()
+    finally:
+        server.close()
+    os._exit(0)

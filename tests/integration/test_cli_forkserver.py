@@ -1,0 +1,151 @@
+"""The CLI's fast start for real: commands run in forks of the state root's warm template, with the caller's
+stdio, working directory, environment and exit code; signals reach them; a killed client takes its command
+along; the template is reused, retired when its code changes, and optional."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.forkclient import BOOTSTRAP
+from engine.runtime.helper import helper_pids
+from tests.support.cli import REPO, Cli
+
+pytestmark = [pytest.mark.root, pytest.mark.registry]
+
+
+def _templates(root: Path) -> list[int]:
+    """The templates of ``root`` (not their workers, which share their command line)."""
+    found = helper_pids(root, bootstrap=BOOTSTRAP)
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                found.append(int(name))
+    return found
+
+
+def _popen(root: Path, *args: str, cwd: Path = REPO, **kwargs: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, "-m", "app.main", "--root", str(root), *args], text=True, env=env, cwd=cwd, **kwargs)
+    return process
+
+
+@pytest.fixture
+def loaded(cli: Cli) -> Cli:
+    """The CLI fixture with its image pulled (the first command, which also starts the template)."""
+    pulled = cli("pull", "-q", cli.image)
+    assert pulled.returncode == 0, pulled.stderr
+    return cli
+
+
+def test_commands_run_in_one_reused_template_with_the_callers_stdio_and_codes(loaded: Cli) -> None:
+    templates = _templates(loaded.root)
+    assert len(templates) == 1
+    code = loaded("run", "--rm", "--network", "none", loaded.image, "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (code.returncode, code.stdout, code.stderr) == (7, "out\n", "err\n")
+    echoed = loaded("run", "--rm", "-i", "--network", "none", loaded.image, "cat", stdin="through stdin\n")
+    assert echoed.stdout == "through stdin\n"
+    usage = loaded("ps", "--no-such-flag")
+    assert usage.returncode == 125 and "--no-such-flag" in usage.stderr
+    assert _templates(loaded.root) == templates  # every command went to the same template
+
+
+def test_the_callers_working_directory_and_environment_apply(tmp_path: Path, loaded: Cli) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    saved = _popen(loaded.root, "save", "-o", "relative.tar", loaded.image, cwd=work, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+    _, err = saved.communicate(timeout=60)
+    assert saved.returncode == 0, err
+    assert (work / "relative.tar").stat().st_size > 0
+    env_file = work / "env.list"
+    env_file.write_text("FROM_FILE=1\n")
+    os.environ["KITEBOX_TEST_PASSED"] = "from the caller"
+    try:
+        shown = _popen(loaded.root, "run", "--rm", "--network", "none", "--env-file", "env.list",
+                       "-e", "KITEBOX_TEST_PASSED", loaded.image, "sh", "-c", 'echo "$FROM_FILE $KITEBOX_TEST_PASSED"',
+                       cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = shown.communicate(timeout=60)
+    finally:
+        del os.environ["KITEBOX_TEST_PASSED"]
+    assert (shown.returncode, out) == (0, "1 from the caller\n"), err
+
+
+def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_it_along(loaded: Cli) -> None:
+    started = loaded("run", "-d", "--name", "talker", "--network", "none", loaded.image, "sh", "-c",
+                     "echo ready; exec sleep 300")
+    assert started.returncode == 0, started.stderr
+    (template,) = _templates(loaded.root)
+
+    follower = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "ready\n"
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=20)
+    assert follower.returncode == 130, err
+    assert "Traceback" not in err
+
+    before = set(_children(template))
+    killed = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert killed.stdout is not None
+    assert killed.stdout.readline() == "ready\n"
+    workers = set(_children(template)) - before
+    assert len(workers) == 1
+    killed.kill()
+    killed.communicate(timeout=20)
+    _until(lambda: not set(_children(template)) & workers, "the command's process to end with its client")
+    assert loaded("rm", "-f", "talker").returncode == 0
+
+
+def test_a_template_running_other_code_is_retired(loaded: Cli) -> None:
+    (old,) = _templates(loaded.root)
+    stale = loaded.root / "cli-0000000000000000.sock"
+    os.rename(next(loaded.root.glob("cli-*.sock")), stale)  # as if the sources had changed since
+    assert loaded("ps").returncode == 0
+    _until(lambda: old not in _templates(loaded.root), "the old template to exit")
+    assert not stale.exists()
+    assert len(_templates(loaded.root)) == 1
+
+
+def test_fast_start_can_be_turned_off(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KITEBOX_FORKSERVER": "0"}
+    result = subprocess.run([sys.executable, "-m", "app.main", "--root", str(root), "ps"], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert _templates(root) == []
+    assert not list(root.glob("cli-*.sock"))
