@@ -11,7 +11,10 @@ engine's own cgroup, because v2 forbids processes in a cgroup whose children hav
   container could mknod the host's disks).
 * hybrid: the v1 layout plus a directory in the unified (v2) hierarchy, as runc does; limits live in v1.
 
-Creating is idempotent (the monitor may create before forking, and the executor creates again before joining).
+Creating is idempotent. A monitor creates the cgroup and moves its freshly forked container init into it with
+:meth:`~CgroupManager.add_process` (the executor's standalone runner creates and joins from the child instead,
+:meth:`~CgroupManager.join_self`). Each manager carries the host's :class:`CgroupLayout`, detected once when it
+is made, so a forked child mounting the container's cgroups does not parse mountinfo again.
 Kernel errors become :class:`~engine.errors.KernelError` naming the cgroup file.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import time
@@ -32,12 +36,15 @@ from engine.runtime import syscalls
 from engine.runtime.spec import CgroupSpec
 
 __all__ = [
+    "CgroupEntry",
+    "CgroupLayout",
     "CgroupManager",
     "FakeCgroupManager",
     "V1Manager",
     "V2Manager",
     "cgroup_manager",
     "detect_cgroup_mode",
+    "host_layout",
     "v1_hierarchies",
 ]
 
@@ -87,11 +94,28 @@ def v1_hierarchies(root: Path = Path("/sys/fs/cgroup"),
     return found
 
 
+@dataclass(frozen=True)
+class CgroupLayout:
+    """How this host mounts cgroups: the mode and, for v1/hybrid, :func:`v1_hierarchies`."""
+
+    mode: CgroupMode
+    hierarchies: dict[str, str] = field(default_factory=dict)
+
+
+def host_layout(root: Path = Path("/sys/fs/cgroup")) -> CgroupLayout:
+    """The layout under ``root`` (one statfs or two, plus one mountinfo read outside v2)."""
+    mode = detect_cgroup_mode(root)
+    return CgroupLayout(mode, v1_hierarchies(root) if mode != "v2" else {})
+
+
 class CgroupManager(Protocol):
     """One container's cgroup(s). See the module docstring for the layout."""
 
+    @property
+    def layout(self) -> CgroupLayout: ...
     def create(self, spec: CgroupSpec) -> None: ...
     def join_self(self) -> None: ...
+    def add_process(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
     def freeze(self) -> None: ...
     def thaw(self) -> None: ...
@@ -197,8 +221,15 @@ class V2Manager:
         if spec.pids_limit is not None:
             _write(self.dir / "pids.max", "max" if spec.pids_limit <= 0 else str(spec.pids_limit))
 
+    @property
+    def layout(self) -> CgroupLayout:
+        return CgroupLayout("v2")
+
     def join_self(self) -> None:
         _write(self.dir / "cgroup.procs", "0")
+
+    def add_process(self, pid: int) -> None:
+        _write(self.dir / "cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         return _procs(self.dir)
@@ -282,9 +313,16 @@ class V1Manager:
                     _write(child / name, _read(current / name).strip())
             current = child
 
+    @property
+    def layout(self) -> CgroupLayout:
+        return CgroupLayout("hybrid" if self.unified else "v1", dict(self.hierarchies))
+
     def join_self(self) -> None:
+        self.add_process(0)
+
+    def add_process(self, pid: int) -> None:
         for directory in self._all_dirs():
-            _write(directory / "cgroup.procs", "0")
+            _write(directory / "cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         directory = self._dir("pids") or self._dir("memory") or next(iter(self.dirs.values()), None)
@@ -323,6 +361,53 @@ class V1Manager:
             _remove(directory)
 
 
+class CgroupEntry:
+    """How a container's init enters its cgroups, then its cgroup namespace (whose root is the cgroup the process
+    is in when it unshares it, so the move must come first).
+
+    With ``manager`` and ``ready_fd`` the parent has created the cgroups and moves the init in with
+    :meth:`~CgroupManager.add_process` while the init builds its mounts, then writes one byte on ``ready_fd``;
+    :meth:`enter` waits for it. The first cgroup.procs write waits for an RCU grace period (~10 ms on v1), so
+    overlapping it with the mount work takes it off the critical path; isolation is the same, because the init
+    runs only the engine's code, never forks, and waits in :meth:`enter` (before the cgroup namespace, before
+    exec). Without them (the standalone runner) the init creates the cgroups and joins them itself at once.
+    """
+
+    def __init__(self, spec: CgroupSpec, manager: CgroupManager | None = None, ready_fd: int = -1, *,
+                 namespace: bool = True) -> None:
+        self.namespace = namespace
+        self.entered = False
+        self.ready_fd = ready_fd
+        if 0 <= ready_fd < 3:  # the init's stdio goes on 0-2
+            self.ready_fd = fcntl.fcntl(ready_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        if manager is None:
+            self.layout = host_layout()
+            if spec.path:
+                manager = cgroup_manager(spec, layout=self.layout)
+                manager.create(spec)
+                manager.join_self()
+        else:
+            self.layout = manager.layout
+            if ready_fd < 0:
+                raise InvalidArgument("a cgroup created by the parent needs a ready fd")
+
+    def enter(self) -> None:
+        """Wait until the parent has moved us into the cgroups (if it does), then unshare the cgroup namespace.
+        Idempotent. KernelError when the parent gave up (EOF: it failed to set up the cgroups, or died)."""
+        if self.entered:
+            return
+        self.entered = True
+        if self.ready_fd >= 0:
+            try:
+                ready = os.read(self.ready_fd, 1)
+            finally:
+                os.close(self.ready_fd)
+            if not ready:
+                raise KernelError("the container's cgroup was not set up (its monitor gave up)")
+        if self.namespace:
+            syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -343,13 +428,15 @@ def _counter(path: Path, key: str) -> int:
     return 0
 
 
-def cgroup_manager(spec: CgroupSpec, *, mode: CgroupMode | None = None,
+def cgroup_manager(spec: CgroupSpec, *, mode: CgroupMode | None = None, layout: CgroupLayout | None = None,
                    root: Path = Path("/sys/fs/cgroup")) -> CgroupManager:
-    """The manager for this host's cgroup layout (detected unless ``mode`` is given)."""
-    mode = mode or detect_cgroup_mode(root)
-    if mode == "v2":
+    """The manager for this host's cgroup layout (detected unless ``layout`` or ``mode`` is given)."""
+    if layout is None and mode is not None:
+        layout = CgroupLayout(mode, v1_hierarchies(root) if mode != "v2" else {})
+    layout = layout or host_layout(root)
+    if layout.mode == "v2":
         return V2Manager(spec, root)
-    return V1Manager(spec, root, hybrid=mode == "hybrid")
+    return V1Manager(spec, root, hybrid=layout.mode == "hybrid", hierarchies=layout.hierarchies)
 
 
 @dataclass
@@ -362,6 +449,7 @@ class FakeCgroupManager:
     oom: bool = False
     frozen: bool = False
     exists: bool = False
+    layout: CgroupLayout = field(default_factory=lambda: CgroupLayout("v2"))
 
     def create(self, spec: CgroupSpec) -> None:
         self.calls.append(("create", spec))
@@ -370,6 +458,10 @@ class FakeCgroupManager:
     def join_self(self) -> None:
         self.calls.append(("join_self",))
         self.members.append(os.getpid())
+
+    def add_process(self, pid: int) -> None:
+        self.calls.append(("add_process", pid))
+        self.members.append(pid)
 
     def pids(self) -> list[int]:
         return list(self.members)

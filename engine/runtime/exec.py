@@ -3,7 +3,9 @@
 Two halves, both in the monitor's process tree:
 
 * :class:`ExecSessions` lives in the monitor (single-threaded, the container's parent and subreaper). An
-  ``exec`` request on a monitor connection makes it allocate the process's stdio (pipes, or a pty for ``-t``),
+  ``exec`` request on a monitor connection makes it allocate the process's stdio (pipes; for ``-t`` the socket
+  on which the child, once in the container's mount namespace, sends the master of the terminal it allocates
+  from the container's own /dev/pts -- :mod:`engine.runtime.pty` -- taken with the start verdict),
   point its own ``pid_for_children`` at the container's pid namespace (``setns(CLONE_NEWPID)``: only children
   are affected, which is why the fork follows) and fork. The child is a direct child of the monitor, so the
   monitor reaps it and knows its exit code. The process's output goes to the requesting connection only (never
@@ -25,22 +27,22 @@ finally ``{"exit": code, "exec_id": id}``; or ``{"ok": false, "kind": ..., "mess
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
 import json
 import os
 import resource
 import selectors
 import signal
-import termios
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, Protocol
 
+from engine.errors import RuntimeFailure
 from engine.runtime.backend import Backend, CgroupLike
 from engine.runtime.protocol import encode_frame
-from engine.runtime.pty import check_size, open_pty, read_master, set_winsize
+from engine.runtime.pty import become_console, check_size, console_pair, read_master, recv_master, set_winsize
 
 __all__ = ["ExecRequest", "ExecSessions", "child_guard", "run_exec"]
 
@@ -118,16 +120,17 @@ def child_guard(error_fd: int, body: Callable[[], NoReturn]) -> NoReturn:
 
 
 def run_exec(spec: Any, request: ExecRequest, *, init_pid: int, cgroup: CgroupLike, stdin_fd: int, stdout_fd: int,
-             stderr_fd: int, error_fd: int) -> NoReturn:
+             stderr_fd: int, error_fd: int, console_fd: int = -1) -> NoReturn:
     """Become ``request``'s process inside the container whose init is ``init_pid`` (see the module docstring).
 
-    Must run in a child forked with ``pid_for_children`` set to the container's pid namespace. Never returns."""
+    Must run in a child forked with ``pid_for_children`` set to the container's pid namespace. With a
+    ``console_fd`` the process's 0-2 become a terminal of the container's /dev/pts. Never returns."""
     from engine.errors import KiteboxError
     from engine.runtime.executor import ContainerStartError
 
     try:
         os.set_inheritable(error_fd, False)
-        _exec(spec, request, init_pid, cgroup, stdin_fd, stdout_fd, stderr_fd, error_fd)
+        _exec(spec, request, init_pid, cgroup, stdin_fd, stdout_fd, stderr_fd, error_fd, console_fd)
     except ContainerStartError as err:
         _report(error_fd, err.kind, str(err))
         os._exit(_EXIT_CODES.get(err.kind, 125))
@@ -147,7 +150,7 @@ def _report(error_fd: int, kind: str, message: str) -> None:
 
 
 def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, stdin_fd: int, stdout_fd: int,
-          stderr_fd: int, error_fd: int) -> NoReturn:
+          stderr_fd: int, error_fd: int, console_fd: int) -> NoReturn:
     from engine.runtime import syscalls
     from engine.runtime.caps import ALL_CAPS, PR_SET_KEEPCAPS, apply_capabilities, drop_bounding, last_cap
     from engine.runtime.executor import (
@@ -169,9 +172,6 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
     # program before joining the container's mount namespace hides the host's libseccomp.
     from engine.runtime import seccomp
     seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
-    if request.tty:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     if os.readlink("/proc/self/ns/pid") != os.readlink(f"/proc/{init_pid}/ns/pid"):
         raise ContainerStartError("failed", "exec: not forked into the container's pid namespace")
     cgroup.join_self()
@@ -188,6 +188,8 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
         for fd, _ in joins:
             os.close(fd)
     os.chdir("/")
+    if console_fd >= 0:  # the container's /dev/pts is ours only now; replaces the placeholder 0-2
+        become_console(console_fd, request.rows, request.cols)
 
     process = spec.process
     for name, soft, hard in process.rlimits:
@@ -252,6 +254,8 @@ class _Exec:
     client: Any  # the connection receiving output (None when detached or gone)
     tty: bool
     pid: int = 0
+    console: socket.socket | None = None  # until the child's terminal master arrives (with the verdict)
+    wants_stdin: bool = False
     outputs: dict[int, str] = field(default_factory=dict)
     master: int = -1
     stdin_w: int = -1
@@ -290,7 +294,7 @@ class ExecSessions:
         session = _Exec(os.urandom(32).hex(), client, None if request.detach else client, request.tty)
         child_fds: list[int] = []
         try:
-            stdio = self._stdio(session, request, child_fds)
+            *stdio, console_fd = self._stdio(session, request, child_fds)
             error_r, error_w = os.pipe2(os.O_CLOEXEC)
             child_fds.append(error_w)
             session.error_r = error_r
@@ -310,7 +314,7 @@ class ExecSessions:
             if pid == 0:
                 child_guard(error_w, lambda: host.backend.run_exec(
                     spec, request.to_dict(), init_pid=init_pid, cgroup=cgroup, stdin_fd=stdio[0], stdout_fd=stdio[1],
-                    stderr_fd=stdio[2], error_fd=error_w))
+                    stderr_fd=stdio[2], error_fd=error_w, console_fd=console_fd))
         except OSError as err:
             for fd in child_fds:
                 os.close(fd)
@@ -328,20 +332,18 @@ class ExecSessions:
         for fd in session.outputs:
             self._watch(fd, session)
 
-    def _stdio(self, session: _Exec, request: ExecRequest, child_fds: list[int]) -> tuple[int, int, int]:
-        if request.detach:
+    def _stdio(self, session: _Exec, request: ExecRequest, child_fds: list[int]) -> tuple[int, int, int, int]:
+        """(stdin, stdout, stderr, console socket or -1) for the child; its ends go to ``child_fds``."""
+        if request.detach or request.tty:
+            # A terminal: /dev/null only until the child replaces it with the container's pty slave.
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             child_fds.append(null)
-            return null, null, null
-        if request.tty:
-            master, slave = open_pty(request.rows, request.cols)
-            child_fds.append(slave)
-            session.master = master
-            session.outputs[master] = "stdout"
-            if request.stdin:
-                session.stdin_w = os.dup(master)
-                os.set_blocking(session.stdin_w, False)
-            return slave, slave, slave
+            if not request.detach:
+                session.console, theirs = console_pair()
+                child_fds.append(theirs.detach())
+                session.wants_stdin = request.stdin
+                return null, null, null, child_fds[-1]
+            return null, null, null, -1
         out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         child_fds.append(out_w)
         os.set_blocking(out_w, True)
@@ -357,7 +359,7 @@ class ExecSessions:
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             child_fds.append(in_r)
-        return in_r, out_w, err_w
+        return in_r, out_w, err_w, -1
 
     def _watch(self, fd: int, session: _Exec) -> None:
         self.fds[fd] = session
@@ -407,10 +409,38 @@ class ExecSessions:
             self._reply(session.requester, {"ok": False, "kind": kind, "message": message})
             session.requester = session.client = None  # the failure is the whole answer
             return
+        if session.console is not None and not self._take_master(session):
+            return
         session.running = True
         self._reply(session.requester, {"ok": True, "exec_id": session.id, "pid": session.pid})
         session.requester = None
         self._maybe_finish(session)
+
+    def _take_master(self, session: _Exec) -> bool:
+        """Receive the terminal the child allocated (sent before exec, so it is there by the verdict) and
+        watch it; on a missing or wrong fd, kill the process and answer the requester with the failure."""
+        assert session.console is not None
+        console, session.console = session.console, None
+        try:
+            with console:
+                master = recv_master(console)
+        except RuntimeFailure as err:
+            if session.exit_code is None:  # not reaped yet, so the pid is still ours to signal
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(session.pid, signal.SIGKILL)
+            self._reply(session.requester, {"ok": False, "kind": "failed", "message": f"exec: {err}"})
+            session.requester = session.client = None
+            return False
+        if session.client is None:  # the connection went before the verdict: hang the terminal up now
+            os.close(master)
+            return True
+        session.master = master
+        session.outputs[master] = "stdout"
+        self._watch(master, session)
+        if session.wants_stdin:
+            session.stdin_w = os.dup(master)  # a second fd so the selector can watch it for writing separately
+            os.set_blocking(session.stdin_w, False)
+        return True
 
     def _on_output(self, session: _Exec, fd: int) -> None:
         if session.error_r >= 0:  # output means the exec happened: take the verdict first, to answer in order
@@ -536,6 +566,9 @@ class ExecSessions:
                 self._unwatch(fd)
         session.outputs.clear()
         session.error_r = -1
+        if session.console is not None:
+            session.console.close()
+            session.console = None
         self._close_stdin(session)
 
     def _close_stdin(self, session: _Exec) -> None:

@@ -6,17 +6,18 @@ container's own binary (so ``/proc/self/exe`` is the container's, never a host i
 or writes one JSON line ``{"kind": "not_found"|"not_executable"|"failed", "message": ...}`` to ``error_fd`` and
 exits 127/126/125. ``error_fd`` is close-on-exec, so the monitor reading EOF on it means the exec succeeded.
 
-Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup; unshare namespaces (``lo`` up
-in a new network namespace) or join ``spec.netns_path`` (a namespace prepared by :mod:`engine.network`); make
-every mount a slave so nothing propagates back to the host; build the root; perform ``spec.mounts`` with
-destinations resolved *inside* the root (openat2 ``RESOLVE_IN_ROOT``, mount through ``/proc/self/fd/N`` --
-CVE-2021-30465); populate /dev by bind-mounting the host's device nodes (verified to be the real devices);
-set the hostname; pivot_root and detach the old root; sysctls; masked paths (only after checking /dev/null is
-char 1:3 -- CVE-2025-31133) and read-only paths; read-only root; rlimits; create the working directory; close
-every fd but 0-2 and ``error_fd`` (CVE-2024-21626); no_new_privs; the seccomp filter (compiled first thing,
-loaded here -- or right before execve with no_new_privs); drop the bounding set; switch user keeping
-capabilities; set capabilities; chdir (as the user) and verify the cwd is inside the root; parent-death
-signal; look the command up in the container's PATH; execve.
+Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup (or let the monitor move us in
+meanwhile: :class:`~engine.runtime.cgroups.CgroupEntry`); unshare namespaces (``lo`` up in a new network namespace)
+or join ``spec.netns_path`` (a namespace prepared by :mod:`engine.network`), the cgroup namespace only once in the
+cgroup, right before the first cgroup mount; make every mount a slave so nothing propagates back to the host; build
+the root; perform ``spec.mounts`` with destinations resolved *inside* the root (openat2 ``RESOLVE_IN_ROOT``, mount
+through ``/proc/self/fd/N`` -- CVE-2021-30465); populate /dev by bind-mounting the host's device nodes (verified to
+be the real devices); set the hostname; pivot_root and detach the old root; sysctls; masked paths (only after
+checking /dev/null is char 1:3 -- CVE-2025-31133) and read-only paths; read-only root; rlimits; create the working
+directory; close every fd but 0-2 and ``error_fd`` (CVE-2024-21626); no_new_privs; the seccomp filter (compiled
+first thing, loaded here -- or right before execve with no_new_privs); drop the bounding set; switch user keeping
+capabilities; set capabilities; chdir (as the user) and verify the cwd is inside the root; parent-death signal; look
+the command up in the container's PATH; execve.
 
 Everything before pivot_root happens in the container's own mount namespace, so when the container's last
 process dies every mount goes with it: nothing is left on the host to clean up.
@@ -42,9 +43,9 @@ from typing import NoReturn
 
 from engine.errors import CommandNotExecutable, CommandNotFound, KiteboxError
 from engine.mountopts import mount_flags
-from engine.runtime import seccomp, syscalls
+from engine.runtime import pty, seccomp, syscalls
 from engine.runtime.caps import PR_SET_KEEPCAPS, apply_capabilities, caps_mask, drop_bounding, last_cap
-from engine.runtime.cgroups import cgroup_manager, detect_cgroup_mode, v1_hierarchies
+from engine.runtime.cgroups import CgroupEntry, CgroupManager
 from engine.runtime.spec import CapabilitySet, MountSpec, RootMount, RuntimeSpec
 
 __all__ = [
@@ -97,14 +98,19 @@ def _report(error_fd: int, kind: str, message: str) -> None:
 
 
 def run_container_init(spec: RuntimeSpec, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                       error_fd: int) -> NoReturn:
+                       error_fd: int, console_fd: int = -1, cgroup: CgroupManager | None = None,
+                       cgroup_ready_fd: int = -1) -> NoReturn:
     """Set up the container described by ``spec`` in this (forked) process and exec its command.
 
-    Never returns and never raises: any failure is reported on ``error_fd`` and ends the process.
+    Never returns and never raises: any failure is reported on ``error_fd`` and ends the process. With a
+    ``console_fd`` (``-t``) the terminal is allocated in the container's /dev/pts (:mod:`engine.runtime.pty`).
+    With ``cgroup`` the caller creates the container's cgroup and moves this process into it, then writes a
+    byte on ``cgroup_ready_fd`` (see :class:`~engine.runtime.cgroups.CgroupEntry`); without, the init does both.
     """
     try:
         os.set_inheritable(error_fd, False)
-        _init(spec, stdin_fd, stdout_fd, stderr_fd, error_fd)
+        _init(spec, stdin_fd, stdout_fd, stderr_fd, error_fd, console_fd,
+              CgroupEntry(spec.cgroup, cgroup, cgroup_ready_fd, namespace="cgroup" in spec.namespaces))
     except ContainerStartError as err:
         _report(error_fd, err.kind, str(err))
         os._exit(_EXIT[err.kind])
@@ -132,16 +138,12 @@ def _setup_stdio(stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -
     return error_fd
 
 
-def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -> NoReturn:
+def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int,
+          console_fd: int, cgroup: CgroupEntry) -> NoReturn:
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
     # Seccomp: get the program while the host's libseccomp and the container dir are reachable; loaded below.
     seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
-    mode = detect_cgroup_mode()
-    hierarchies = v1_hierarchies() if mode != "v2" else {}
-    if spec.cgroup.path:
-        manager = cgroup_manager(spec.cgroup, mode=mode)
-        manager.create(spec.cgroup)
-        manager.join_self()
+    mode, hierarchies = cgroup.layout.mode, cgroup.layout.hierarchies
 
     flags = 0
     for name in spec.namespaces:
@@ -150,7 +152,7 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
         flags |= _NAMESPACE_FLAGS.get(name, 0)
     if not flags & syscalls.CLONE_NEWNS:
         raise ContainerStartError("failed", "a container needs its own mount namespace")
-    syscalls.unshare(flags)
+    syscalls.unshare(flags & ~syscalls.CLONE_NEWCGROUP)  # the cgroup namespace only once in the cgroup
     if flags & syscalls.CLONE_NEWNET:
         _loopback_up()
     if spec.netns_path:
@@ -162,13 +164,18 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
     root = _build_root(spec.root.path, spec.root.mounts)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     for mount in spec.mounts:
+        if mount.type == "cgroup":
+            cgroup.enter()  # mounted from inside the cgroup namespace, so each shows only the container's subtree
         _mount_in_root(root_fd, mount, mode, hierarchies)
         if mount.destination == "/dev" and mount.type == "tmpfs":
             _populate_dev(root_fd)
+    cgroup.enter()
     if "uts" in spec.namespaces:
         socket.sethostname(spec.hostname)
     _pivot_root(root_fd)
     os.close(root_fd)
+    if console_fd >= 0:  # from the container's own devpts, so only once it is our /dev/pts (runc's order)
+        pty.become_console(console_fd, *pty.DEFAULT_SIZE)
 
     for key, value in spec.sysctl.items():
         _write_sysctl(key, value)

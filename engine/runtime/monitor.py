@@ -7,7 +7,8 @@ app or CLI that started them exits or crashes. The monitor
 * is the container's parent and a child subreaper; it creates the cgroup, calls ``new_pid_namespace()`` and
   forks the child that runs :func:`engine.runtime.executor.run_container_init`, then learns from the error
   pipe whether exec succeeded (EOF without data) or why it failed (one JSON line);
-* holds the container's stdio pipes (or the master of its pty, for ``-t``: :mod:`engine.runtime.pty`),
+* holds the container's stdio pipes (or, for ``-t``, the master of the pty its init allocates in the container's
+  own /dev/pts and sends back over a socket with the start verdict: :mod:`engine.runtime.pty`),
   copies stdout/stderr into the json-file log (:mod:`engine.logs`) and to attached clients, keeps the recent
   output for a client attaching right after start, and writes ``-i`` input to stdin;
 * runs ``exec``'d processes in the container (:mod:`engine.runtime.exec`);
@@ -44,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from engine.errors import RuntimeFailure
 from engine.logs import LogWriter, StreamLogger
 from engine.runtime.backend import REAL_BACKEND, Backend, CgroupLike, RealBackend, load_backend
 from engine.runtime.exec import ExecSessions, child_guard
@@ -58,7 +60,7 @@ from engine.runtime.protocol import (
     rfc3339nano,
     write_json_atomic,
 )
-from engine.runtime.pty import check_size, make_controlling, open_pty, set_winsize
+from engine.runtime.pty import check_size, console_pair, recv_master, set_winsize
 
 # The backend names are re-exported: monitor configs written before the split name them here.
 __all__ = ["REAL_BACKEND", "Backend", "CgroupLike", "Monitor", "RealBackend", "load_backend"]
@@ -115,29 +117,27 @@ class Monitor(MonitorIO):
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.terminal = bool(getattr(self.spec.process, "terminal", False))
         self.master = -1
+        self.console: socket.socket | None = None  # ours, until the init's terminal master arrives on it
         self.recent: collections.deque[bytes] = collections.deque()  # frames since this start, for replay
         self.recent_bytes = 0
         self.execs = ExecSessions(self)
 
     # --- process lifecycle ---------------------------------------------------------------------------------
 
-    def _make_stdio(self) -> tuple[int, int, int, list[int]]:
-        """(stdin, stdout, stderr) for the child plus the child-side fds to close after fork.
+    def _make_stdio(self) -> tuple[int, int, int, int, list[int]]:
+        """(stdin, stdout, stderr, console socket or -1) for the child plus the child-side fds to close after fork.
 
-        A terminal container gets a pty: the slave is its 0-2, the master is read as ``stdout`` (Docker logs a
-        tty's raw output on that stream) and written for stdin through a duplicate (one fd, one selector key)."""
+        A terminal container gets a pty from its own /dev/pts, allocated by its init, which sends the master back
+        on the console socket (:meth:`_take_master`); /dev/null stands in for 0-2 until the init has it."""
         self.recent.clear()
         self.recent_bytes = 0
         if self.terminal:
-            self.master, slave = open_pty()
-            self.outputs[self.master] = "stdout"
-            self.sel.register(self.master, selectors.EVENT_READ, "output")
-            if self.stdin_open:
-                self.stdin_w = os.dup(self.master)
-                os.set_blocking(self.stdin_w, False)
-                self.stdin_buf.clear()
-                self.stdin_closing = False
-            return slave, slave, slave, [slave]
+            self.console, theirs = console_pair()
+            console_fd = theirs.detach()
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self.stdin_buf.clear()
+            self.stdin_closing = False
+            return null, null, null, console_fd, [null, console_fd]
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
@@ -151,16 +151,15 @@ class Monitor(MonitorIO):
             self.stdin_closing = False
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        return in_r, out_w, err_w, [in_r, out_w, err_w]
+        return in_r, out_w, err_w, -1, [in_r, out_w, err_w]
 
     def start_container(self) -> None:
         """Fork the container's init; the outcome arrives on the error pipe (:meth:`_on_error_pipe`)."""
         self.start_seq += 1
         self.start_error = None
         try:
-            self.cgroup = self.backend.cgroup(self.spec)
-            self.cgroup.create(self.spec.cgroup)
-            stdin_fd, stdout_fd, stderr_fd, child_fds = self._make_stdio()
+            self.cgroup = self.backend.cgroup(self.spec)  # created once the init is forked: _place_in_cgroup
+            stdin_fd, stdout_fd, stderr_fd, console_fd, child_fds = self._make_stdio()
             if "pid" in getattr(self.spec, "namespaces", ("pid",)):
                 from engine.runtime.syscalls import setns
 
@@ -170,24 +169,43 @@ class Monitor(MonitorIO):
             self._start_failed("failed", str(err) or type(err).__name__)
             return
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         self.error_buf = bytearray()
         pid = os.fork()
         if pid == 0:
-            self._child(stdin_fd, stdout_fd, stderr_fd, error_w)
-        for fd in (*child_fds, error_w):
+            os.close(ready_w)
+            self._child(stdin_fd, stdout_fd, stderr_fd, error_w, console_fd, ready_r)
+        for fd in (*child_fds, error_w, ready_r):
             os.close(fd)
         self.pid = pid
         self.error_r = error_r
         self.status = "starting"
         self.started_mono = time.monotonic()
         self.sel.register(error_r, selectors.EVENT_READ, "error")
+        self._place_in_cgroup(pid, ready_w)
 
-    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -> None:
+    def _place_in_cgroup(self, pid: int, ready_w: int) -> None:
+        """Create the cgroup and move the forked init into it while the init builds its mounts (it waits for the
+        byte on ``ready_w`` before its cgroup namespace and exec: :class:`engine.runtime.cgroups.CgroupEntry`).
+        On failure the init is killed and the start fails with the cgroup's error."""
+        assert self.cgroup is not None
+        try:
+            self.cgroup.create(self.spec.cgroup)
+            self.cgroup.add_process(pid)
+            os.write(ready_w, b"\0")
+        except Exception as err:
+            self.start_error = {"kind": "failed", "message": str(err) or type(err).__name__}
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(ready_w)
+
+    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int,
+               ready_fd: int) -> None:
         def become_init() -> Any:
-            if self.terminal:
-                make_controlling(stdin_fd)
             self.backend.run_container_init(self.spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-                                            stderr_fd=stderr_fd, error_fd=error_fd)
+                                            stderr_fd=stderr_fd, error_fd=error_fd, console_fd=console_fd,
+                                            cgroup=self.cgroup, cgroup_ready_fd=ready_fd)
 
         child_guard(error_fd, become_init)
 
@@ -214,12 +232,39 @@ class Monitor(MonitorIO):
                 kind, message = "failed", bytes(data).decode(errors="replace").strip()[:500]
             self.start_error = {"kind": kind, "message": message}
             return  # the child _exits; the exit path records it
+        if self.start_error is not None:
+            return  # _place_in_cgroup failed and killed the init; the exit path records it
+        if self.console is not None and not self._take_master():
+            return  # killed; the exit path records the failure
         self.status = "running"
         self.started_at = rfc3339nano()
         self._write_state()
         for client in self.start_waiters:
             self._reply(client, {"ok": True, "state": self.state_dict()})
         self.start_waiters.clear()
+
+    def _take_master(self) -> bool:
+        """Take the terminal master the init sent before exec (so it is there by the verdict): read as ``stdout``
+        (Docker logs a tty's raw output on that stream), written for stdin through a duplicate (one fd, one
+        selector key). A missing or wrong fd fails the start: the init is killed, False returned."""
+        assert self.console is not None
+        console, self.console = self.console, None
+        try:
+            with console:
+                self.master = recv_master(console)
+        except RuntimeFailure as err:
+            self.start_error = {"kind": "failed", "message": str(err)}
+            if self.pid is not None:
+                with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                    os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # raises once reaped
+                    os.kill(self.pid, signal.SIGKILL)
+            return False
+        self.outputs[self.master] = "stdout"
+        self.sel.register(self.master, selectors.EVENT_READ, "output")
+        if self.stdin_open:
+            self.stdin_w = os.dup(self.master)
+            os.set_blocking(self.stdin_w, False)
+        return True
 
     def _start_failed(self, kind: str, message: str) -> None:
         self.start_error = {"kind": kind, "message": message}
@@ -291,6 +336,9 @@ class Monitor(MonitorIO):
                     self._on_output(key.fd)
         for fd in list(self.outputs):
             self._close_output(fd)
+        if self.console is not None:  # the init failed before sending its terminal
+            self.console.close()
+            self.console = None
         for logger in self.loggers.values():
             logger.flush()
         if self.stdin_w >= 0:

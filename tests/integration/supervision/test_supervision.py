@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import CommandNotFound, Conflict
+from engine.errors import CommandNotFound, Conflict, RuntimeFailure
 from engine.logs import log_file_path, read_logs
 from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import LiveState, Supervisor
+from tests.support.wait import async_wait_until
 
-from .conftest import Bed, async_wait_until, cgroup_dirs
+from .conftest import Bed, cgroup_dirs
 
 pytestmark = pytest.mark.root
 
@@ -67,6 +69,18 @@ async def test_command_not_found_is_reported_and_cleaned_up(bed: Bed, supervisor
         await start(supervisor, cdir, spec)
     state = await supervisor.state(cdir)
     assert state.status == "exited" and state.exit is not None and state.exit.exit_code == 127
+
+
+async def test_a_cgroup_the_monitor_cannot_set_up_fails_the_start(bed: Bed, supervisor: Supervisor) -> None:
+    # The monitor creates the cgroup after forking the init (which waits for it): a limit the kernel refuses
+    # kills the init before its cgroup namespace or exec, and the start fails naming the cgroup file.
+    cdir, spec = bed.container(["true"])
+    spec = dataclasses.replace(spec, cgroup=dataclasses.replace(spec.cgroup, cpu_quota=1))  # below the 1 ms minimum
+    with pytest.raises(RuntimeFailure, match=r"cfs_quota_us|cpu\.max"):
+        await start(supervisor, cdir, spec)
+    state = await supervisor.state(cdir)
+    assert state.status == "exited" and state.exit is not None and state.exit.exit_code == 125
+    assert not any(d.exists() and any(p.is_dir() for p in d.iterdir()) for d in cgroup_dirs(bed.cgroup_parent))
 
 
 ENGINE_SCRIPT = textwrap.dedent("""
