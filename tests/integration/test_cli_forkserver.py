@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from app.forkclient import BOOTSTRAP
 from engine.runtime.helper import helper_pids
 from tests.support.cli import REPO, Cli
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
@@ -33,14 +32,6 @@ def _parent(pid: int) -> int:
             return int(handle.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return 0
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _children(pid: int) -> list[int]:
@@ -127,7 +118,7 @@ def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_it_along(loaded: C
     assert len(workers) == 1
     killed.kill()
     killed.communicate(timeout=20)
-    _until(lambda: not set(_children(template)) & workers, "the command's process to end with its client")
+    wait_until(lambda: not set(_children(template)) & workers, "the command's process to end with its client")
     assert loaded("rm", "-f", "talker").returncode == 0
 
 
@@ -136,7 +127,7 @@ def test_a_template_running_other_code_is_retired(loaded: Cli) -> None:
     stale = loaded.root / "cli-0000000000000000.sock"
     os.rename(next(loaded.root.glob("cli-*.sock")), stale)  # as if the sources had changed since
     assert loaded("ps").returncode == 0
-    _until(lambda: old not in _templates(loaded.root), "the old template to exit")
+    wait_until(lambda: old not in _templates(loaded.root), "the old template to exit")
     assert not stale.exists()
     assert len(_templates(loaded.root)) == 1
 

@@ -3,13 +3,11 @@ check (no cgroup directories, monitors or container processes left behind)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import Supervisor
 from tests.support.busybox import make_busybox_rootfs
+from tests.support.wait import wait_until
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -64,22 +63,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,14 +9,7 @@ import pytest
 from engine.errors import InvalidArgument
 from engine.runtime.helper import helper_pids, stop_helpers
 from engine.runtime.supervisor import Supervisor, helper_idle_seconds, helper_socket_name
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from tests.support.wait import wait_until
 
 
 async def test_engines_share_one_helper_that_outlives_them(tmp_path: Path) -> None:
