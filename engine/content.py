@@ -35,8 +35,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
+from engine.content_file import AppendFile
 from engine.digest import is_digest, validate_digest
 from engine.errors import Conflict, DigestMismatch, NotFound, StoreError, from_oserror
 
@@ -350,7 +351,7 @@ class IngestWriter:
         self._dir = store._ingest / hexdigest
         self._final = store._blobs / hexdigest
         self._hash = hashlib.sha256()
-        self._data: BinaryIO | None = None
+        self._data: AppendFile | None = None
         self._lock_fd: int | None = None
         self._inflight: concurrent.futures.Future[None] | None = None  # the write awrite left running
         self._failed: BaseException | None = None  # a background write's error, raised from then on
@@ -397,10 +398,9 @@ class IngestWriter:
                 return fd
             os.close(fd)  # we locked a file the previous holder already unlinked: start over
 
-    def _open_data(self) -> BinaryIO:
+    def _open_data(self) -> AppendFile:
         data_path = self._dir / "data"
-        stream: BinaryIO = open(data_path, "a+b", buffering=_WRITE_BUFFER)  # noqa: SIM115 (owned by self)
-        try:
+        with open(data_path, "a+b", buffering=_WRITE_BUFFER) as stream:
             stream.seek(0)
             have = 0
             while chunk := stream.read(_CHUNK):
@@ -410,16 +410,12 @@ class IngestWriter:
                     break
                 self._hash.update(chunk)
                 have += len(chunk)
-            stream.seek(0, os.SEEK_END)
-            self.offset = have
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        self.offset = have
+        return AppendFile(data_path, have)
 
     # --- writing ------------------------------------------------------------------------------------------
 
-    def _stream(self) -> BinaryIO:
+    def _stream(self) -> AppendFile:
         if self.committed:
             raise Conflict(f"blob {self.digest} is already committed")
         if self._failed is not None:
@@ -445,7 +441,7 @@ class IngestWriter:
             self.abort()
             raise DigestMismatch(f"{self.digest}: more than {self.size} bytes received ({got})")
 
-    def _append(self, stream: BinaryIO, data: bytes | memoryview) -> None:
+    def _append(self, stream: AppendFile, data: bytes | memoryview) -> None:
         try:
             stream.write(data)
         except OSError as err:

@@ -23,6 +23,7 @@ import ctypes
 import errno
 import os
 import platform
+import resource
 import stat
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +35,20 @@ _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
 _MAX_SYMLINKS = 40
+
+
+def _cached_dirs() -> int:
+    """Directory fds one ``DirCache`` may hold: 1/16 of the soft fd limit, between 64 and 512."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 512
+    return max(64, min(512, soft // 16))
+
+
+_CACHED_DIRS = _cached_dirs()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -195,9 +210,13 @@ class DirCache:
     Consecutive entries of a tar mostly share a parent, so this turns one path resolution per entry into
     one dict lookup. The cache must be ``invalidate()``d whenever anything is removed or replaced (a
     directory replaced by a symlink would otherwise keep receiving files through its stale fd).
-    """
 
-    _MAX = 64
+    When full, the least recently used fd is closed (not the whole cache): layers whose files cycle
+    through more directories than the cache holds (tar writers that do not sort) would otherwise pay an
+    ``openat2`` + ``close`` per entry. The size follows the fd budget (``RLIMIT_NOFILE``): several layers
+    are applied at once, each with its own cache. A borrowed fd stays valid until the next ``get``/``put``
+    of another directory evicts it: callers use it at once (it is then the most recently used).
+    """
 
     def __init__(self, root: RootDir, on_create: OnCreate) -> None:
         self._root = root
@@ -211,8 +230,9 @@ class DirCache:
         fd, to give it metadata); a component that exists and is not a directory raises
         ``NotADirectoryInLayer``. Without ``create``, a missing directory returns None.
         """
-        fd = self._fds.get(parts)
+        fd = self._fds.pop(parts, None)
         if fd is not None:
+            self._fds[parts] = fd  # most recently used: last in (insertion) order
             return fd
         try:
             fd = self._root.open_dir(parts)
@@ -224,8 +244,7 @@ class DirCache:
             if not create:
                 return None
             fd = self._create(parts)  # raises NotADirectoryInLayer naming the offending component
-        if len(self._fds) >= self._MAX:
-            self.invalidate()
+        self._make_room()
         self._fds[parts] = fd
         return fd
 
@@ -234,9 +253,12 @@ class DirCache:
         old = self._fds.pop(parts, None)
         if old is not None:
             os.close(old)
-        if len(self._fds) >= self._MAX:
-            self.invalidate()
+        self._make_room()
         self._fds[parts] = fd
+
+    def _make_room(self) -> None:
+        while len(self._fds) >= _CACHED_DIRS:
+            os.close(self._fds.pop(next(iter(self._fds))))
 
     def _create(self, parts: tuple[str, ...]) -> int:
         depth = 0

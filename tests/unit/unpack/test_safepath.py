@@ -80,3 +80,31 @@ def test_clean_parts() -> None:
     assert clean_parts("../../a/./b//c/..") == ("a", "b")
     assert clean_parts("/../victim/x") == ("victim", "x")
     assert clean_parts("./") == () and clean_parts("a/..") == () and clean_parts("") == ()
+
+
+def test_dir_cache_evicts_the_least_recently_used_fd_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer cycling through more directories than the cache holds keeps its recent fds (no full flush)."""
+    monkeypatch.setattr("engine.unpack.safepath._CACHED_DIRS", 3)
+    for name in "abcd":
+        (tmp_path / name).mkdir()
+    with RootDir(tmp_path) as root:
+        cache = DirCache(root, lambda parts, fd: None)
+        fd_a = cache.get(("a",), create=False)
+        fd_b = cache.get(("b",), create=False)
+        cache.get(("c",), create=False)
+        assert cache.get(("a",), create=False) == fd_a  # a hit makes "a" the most recently used
+        cache.get(("d",), create=False)  # evicts "b", the least recently used, and only it
+        assert cache.get(("a",), create=False) == fd_a
+        assert fd_b is not None
+        with pytest.raises(OSError):
+            os.fstat(fd_b)  # closed on eviction (nothing reopened in between)
+        held = [cache.get((name,), create=False) for name in "acd"]
+        assert all(fd is not None and os.path.samestat(os.fstat(fd), os.stat(tmp_path / name))
+                   for fd, name in zip(held, "acd", strict=True))
+        cache.invalidate()
+
+
+def test_dir_cache_size_follows_the_fd_limit() -> None:
+    from engine.unpack.safepath import _cached_dirs
+
+    assert 64 <= _cached_dirs() <= 512
