@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from engine import errors
 from engine.container_create import (
     CreateOptions,
+    VolumePlan,
     config_document,
     host_config_document,
     layers_bottom_up,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from engine.logs import LogRecord
     from engine.network import NetworkManager
     from engine.runtime.supervisor import LiveState, Supervisor
-    from engine.snapshots import Snapshotter
+    from engine.snapshots import Mount, Snapshotter
 
 __all__ = ["ContainerManager", "CreateOptions", "parse_restart_policy", "parse_signal"]
 
@@ -120,12 +121,17 @@ class ContainerManager(ContainerExecVerbs):
         self._exec_ids[record.id] = live.exec_ids
         updated = _apply_live(record, live)
         if updated != record:
-            await asyncio.to_thread(self.store.save, updated)
-            if record.state.running and not updated.state.running:
-                # Stopped for good (a restart keeps its namespace): its address, veth and ports go.
-                await self._release_network(record)
-                updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})
-                await asyncio.to_thread(self.store.save, updated)
+            stopped = record.state.running and not updated.state.running
+            if stopped and not self._needs_network_room(record):
+                updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})  # nothing to release
+            await asyncio.to_thread(self.store.save, updated, sync=False)
+            if stopped:
+                if self._needs_network_room(record):
+                    # Stopped for good (a restart keeps its namespace): its address, veth and ports go; the
+                    # exit is on disk first, so a crash in between leaves a release to repeat, not a lost exit.
+                    await self._release_network(record)
+                    updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})
+                    await asyncio.to_thread(self.store.save, updated)
                 self._publish(updated, "die", exitCode=str(updated.state.exit_code))
         if (updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD)
                 and not _attached(self.store.dir(record.id))):
@@ -180,13 +186,18 @@ class ContainerManager(ContainerExecVerbs):
                 (bundle / "container.json").write_text("{}")  # claims the name for other processes
         snapshotter = self._snapshotter()
         key = f"container-{container_id}"
-        try:
-            root_mounts = await asyncio.to_thread(snapshotter.prepare, key, top)
-            layer_dirs = await asyncio.to_thread(layers_bottom_up, snapshotter, key)
-            user_db = await asyncio.to_thread(write_user_db, layer_dirs, bundle / "userdb")
-            volumes = await asyncio.to_thread(resolve_volumes, self.volumes, options, image_config, layer_dirs)
-            tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
+        def prepare_root() -> tuple[list[Mount], Path, VolumePlan]:
+            # One thread hop for the whole blocking part (each hop costs a thread wake-up or two).
+            root_mounts = snapshotter.prepare(key, top)
+            layer_dirs = layers_bottom_up(snapshotter, key)
+            user_db = write_user_db(layer_dirs, bundle / "userdb")
+            volumes = resolve_volumes(self.volumes, options, image_config, layer_dirs)
             (bundle / "rootfs").mkdir(exist_ok=True)
+            return root_mounts, user_db, volumes
+
+        try:
+            root_mounts, user_db, volumes = await asyncio.to_thread(prepare_root)
+            tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
             netns_path = None if network in ("none", "host") else str(
                 self._network_manager().netns_path(container_id))
             spec = plan_container(
@@ -196,7 +207,7 @@ class ContainerManager(ContainerExecVerbs):
                 rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
                 seccomp_cache_dir=self.store.root / SECCOMP_CACHE,
             )
-            (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
+            spec_text = _json_dump(spec.to_json())
             container_config = config_document(options, image_config, image_ref=image_ref,
                                                hostname=spec.hostname, env=spec.process.env)
             record = ContainerRecord(
@@ -208,7 +219,12 @@ class ContainerManager(ContainerExecVerbs):
                 mounts=volumes.mounts,
             )
             parse_log_opts(options.log_opts)
-            await asyncio.to_thread(self.store.save, record)
+
+            def persist() -> None:
+                (bundle / "spec.json").write_text(spec_text)
+                self.store.save(record)
+
+            await asyncio.to_thread(persist)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(snapshotter.remove, key)
@@ -255,7 +271,7 @@ class ContainerManager(ContainerExecVerbs):
             await asyncio.to_thread(self.store.save, failed)
             raise
         updated = _apply_live(record.with_state(error="", exit_code=0, oom_killed=False), live)
-        await asyncio.to_thread(self.store.save, updated)
+        await asyncio.to_thread(self.store.save, updated, sync=False)
         self._publish(updated, "start")
         return updated
 

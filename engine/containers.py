@@ -217,8 +217,12 @@ class ContainerStore:
             if not candidate[:12].isdigit() and not self.dir(candidate).exists():
                 return candidate
 
-    def save(self, record: ContainerRecord) -> None:
-        """Persist ``record`` atomically (write a temp file, fsync, rename)."""
+    def save(self, record: ContainerRecord, *, sync: bool = True) -> None:
+        """Persist ``record`` atomically (write a temp file, fsync, rename).
+
+        ``sync=False`` skips the fsync, for run-state changes (running, exited) that the monitors' own files and
+        the boot id reconcile after a host crash anyway: an fsync right after a start waits for the disk's
+        other writes (~1-5 ms on the start path)."""
         directory = self.dir(record.id)
         tmp = directory / f".container.json.{os.getpid()}"
         try:
@@ -226,7 +230,8 @@ class ContainerStore:
             with open(tmp, "w") as handle:
                 json.dump(record.to_json(), handle, indent=1)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
             os.replace(tmp, directory / "container.json")
         except OSError as err:
             with contextlib.suppress(OSError):
@@ -256,7 +261,11 @@ class ContainerStore:
         return records
 
     def find(self, text: str) -> ContainerRecord:
-        """By exact name, full id, or unique id prefix (Docker's precedence)."""
+        """By full id, exact name, or unique id prefix (Docker's precedence: daemon.GetContainer)."""
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            # A full id (what the engine itself passes around): one file, not a scan of every record.
+            with contextlib.suppress(NotFound):
+                return self.load(text)
         name = text.lstrip("/")
         records = self.all()
         for record in records:

@@ -111,6 +111,8 @@ class Engine(ImageOps):
             self._client = None
         if self._networks is not None:
             self._networks.close()
+        if self._snapshotter is not None:
+            self._snapshotter.close()
         self._images.close()
         self._bus.close()
 

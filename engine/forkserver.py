@@ -38,13 +38,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple, NoReturn
 
-from engine.runtime.helper import _Server
+from engine.runtime.helper import FORKED_PREFIX, _Server, _set_process_name
 
 __all__ = ["MAGIC", "Request", "decode_request", "main"]
 
 MAGIC: Final = b"KB1"  # app/forkclient.py writes it (a test keeps the two equal)
 
 _CREDENTIALS: Final = struct.Struct("3i")
+WORKER_NAME: Final = FORKED_PREFIX + "worker"  # not a template, for helper_pids
 _RECEIVE_TIMEOUT: Final = 5.0
 _MAX_REQUEST: Final = 4 * 1024 * 1024
 # Besides the caller's list: every engine module, because front ends load rooms lazily (the point of the
@@ -131,6 +132,7 @@ class _Template(_Server):
     def _run_worker(self, sock: socket.socket, request: Request, fds: list[int]) -> NoReturn:
         code = 125
         try:
+            _set_process_name(WORKER_NAME)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -27,15 +27,18 @@ Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per c
     -> {"op": "shutdown"}
     <- {"ok": true, "pid": <helper pid>}    (then the helper exits; its connections see EOF)
 
-Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives), forks; the
-child calls ``setsid`` and forks again, the grandchild becomes the monitor (reparented to init or the nearest
-subreaper, in its own session, so it outlives the helper and the app) and the middle process exits at once.
+Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and forks
+once: the child calls ``setsid`` and becomes the monitor, in its own session, so it outlives the helper and the
+app (when the helper exits, its monitors are reparented to init or the nearest subreaper; while it runs, the
+kernel reaps the ones that end, as the helper ignores SIGCHLD). Monitors keep the helper's command line but are
+named ``kb-monitor`` (``/proc/<pid>/comm``), which is how :func:`helper_pids` tells them apart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import selectors
@@ -52,12 +55,14 @@ from engine.runtime.monitor import Monitor
 from engine.runtime.monitor_io import log
 from engine.runtime.protocol import SOCKET_FILE, FrameDecoder, ProtocolError, encode_frame
 
-__all__ = ["BOOTSTRAP", "LOCK_FILE", "helper_pids", "main", "run_monitor", "short_unix_path", "spawn_monitor",
-           "stop_helpers"]
+__all__ = ["BOOTSTRAP", "FORKED_PREFIX", "LOCK_FILE", "MONITOR_NAME", "helper_pids", "main", "run_monitor",
+           "short_unix_path", "spawn_monitor", "stop_helpers"]
 
 _MAX_SUN_PATH: Final = 107
 _PR_SET_CHILD_SUBREAPER: Final = 36
 LOCK_FILE: Final = "helper.lock"
+FORKED_PREFIX: Final = "kb-"
+MONITOR_NAME: Final = "kb-monitor"
 _CHECK_SECONDS: Final = 2.0  # how often an idle helper checks that its socket file is still its own
 _SEND_TIMEOUT: Final = 10.0
 
@@ -105,42 +110,30 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
             listener.bind(name)
         os.chmod(sock_path, 0o600)
         listener.listen(64)
-        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     except BaseException:
         listener.close()
         raise
-    pid = os.fork()
-    if pid == 0:  # the middle process
-        status = 0
-        try:
-            os.close(pid_r)
-            os.setsid()
-            monitor_pid = os.fork()
-            if monitor_pid == 0:
-                os.close(pid_w)
-                run_monitor(container_dir, listener, backend)
-            os.write(pid_w, str(monitor_pid).encode())
-        except BaseException:
-            status = 1
-        os._exit(status)
-    os.close(pid_w)
-    listener.close()
-    data = b""
     try:
-        while chunk := os.read(pid_r, 64):
-            data += chunk
-    finally:
-        os.close(pid_r)
-        os.waitpid(pid, 0)
-    if not data.isdigit():
-        raise OSError(f"forking the monitor for {container_dir} failed")
-    return int(data)
+        pid = os.fork()
+    except BaseException:
+        listener.close()
+        raise
+    if pid == 0:
+        try:
+            os.setsid()  # its own session: no terminal's signals reach it
+        except BaseException:
+            os._exit(1)
+        run_monitor(container_dir, listener, backend)
+    listener.close()
+    return pid
 
 
 def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend) -> NoReturn:
     """Become the monitor (in a freshly double-forked process): detach stdio, then serve. Never returns."""
     code = 0
     try:
+        _set_process_name(MONITOR_NAME)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the helper ignores it; the monitor waits for its init
         null = os.open(os.devnull, os.O_RDWR)
         logfd = os.open(container_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(null, 0)
@@ -321,13 +314,25 @@ class _Server:
         self.sel.close()
 
 
+def _set_process_name(name: str) -> None:
+    """Name this process (``/proc/<pid>/comm``): forks of the helper keep its command line, and the name is
+    what tells a monitor (or a template's worker) from a helper in :func:`helper_pids`."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as handle:
+        handle.write(name)
+
+
 def main(listen_fd: int, state_root: str, socket_name: str, idle: float) -> None:
     """Serve the listening socket ``listen_fd`` (bound at ``<state_root>/<socket_name>``) until retired."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C in the terminal that started us is not for us
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are its children until it exits: the kernel reaps
     server = _Server(socket.socket(fileno=listen_fd), Path(state_root), socket_name, idle)
     try:
         with contextlib.suppress(Exception):  # a broken runtime answers every spawn with the reason instead
             server.backend(REAL_BACKEND)
+        # Monitors share this heap copy-on-write: keep their garbage collector off the inherited objects, so a
+        # collection in a monitor does not copy (and, on a VM, fault in) pages it never otherwise touches.
+        gc.collect()
+        gc.freeze()
         server.serve()
     finally:
         server.close()
@@ -351,7 +356,7 @@ def helper_pids(under: Path, bootstrap: str = BOOTSTRAP) -> list[int]:
             continue
         if marker in argv and len(argv) > argv.index(marker) + 3:
             root = argv[argv.index(marker) + 3]
-            if (root == prefix or root.startswith(prefix + b"/")) and _running(int(name)):
+            if (root == prefix or root.startswith(prefix + b"/")) and _running(int(name)) and not _forked(name):
                 found.append(int(name))
     return found
 
@@ -371,6 +376,15 @@ def stop_helpers(under: Path, timeout: float = 5.0, bootstrap: str = BOOTSTRAP) 
                 raise TimeoutError(f"monitor helper {pid} did not exit within {timeout:g}s")
             time.sleep(0.005)
     return pids
+
+
+def _forked(pid: str) -> bool:
+    """A monitor or worker forked from a helper or template (named by :func:`_set_process_name`)."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().startswith(FORKED_PREFIX)
+    except OSError:
+        return True  # gone meanwhile
 
 
 def _running(pid: int) -> bool:

@@ -143,6 +143,10 @@ class Snapshotter(Protocol):
         """Bytes on disk of the snapshot's own directory (hard-linked inodes counted once)."""
         ...
 
+    def close(self) -> None:
+        """Release pooled resources (database connections); the object stays usable and reopens them."""
+        ...
+
     def upper_dir(self, key: str) -> Path:
         """Where a layer is applied / a container writes, for active ``key`` (overlay: the upperdir; copy: the
         full tree)."""

@@ -234,6 +234,9 @@ class DirectorySnapshotter:
         with self._store.read() as txn:
             return txn.get(key) is not None
 
+    def close(self) -> None:
+        self._store.close()
+
     def usage(self, key: str) -> int:
         with self._store.read() as txn:
             record = txn.require(key)

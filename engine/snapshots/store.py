@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -200,19 +201,24 @@ class Transaction:
 
 
 class MetaStore:
-    """The metadata database at ``path`` (created with its schema on first use)."""
+    """The metadata database at ``path`` (created with its schema on first use).
+
+    Connections are pooled: opening one and closing it per transaction cost ~1 ms (closing the last
+    connection checkpoints and deletes the WAL), a third of a container's snapshot prepare. Each transaction
+    takes an idle connection (or opens one), so concurrent threads (parallel layer commits) each get their own;
+    a connection that raised an error is closed rather than reused. Pooled connections die with the process."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         try:
             conn = self._connect()
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-            finally:
-                conn.close()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
         except sqlite3.Error as err:
             raise StoreError(f"snapshot metadata {path}: {err}") from err
+        self._idle.append(conn)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
@@ -222,21 +228,37 @@ class MetaStore:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Transaction]:
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        reusable = False
         try:
-            conn = self._connect()
-        except sqlite3.Error as err:
-            raise StoreError(f"snapshot metadata {self.path}: {err}") from err
-        try:
+            if conn is None:
+                conn = self._connect()
             conn.execute(begin)
             try:
                 yield Transaction(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
+                reusable = True
                 raise
             conn.execute("COMMIT")
+            reusable = True
         except sqlite3.Error as err:
+            reusable = False
             raise StoreError(f"snapshot metadata {self.path}: {err}") from err
         finally:
+            if conn is not None:
+                if reusable and not conn.in_transaction:
+                    with self._pool_lock:
+                        self._idle.append(conn)
+                else:
+                    conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (a transaction still running closes its own at the end)."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
 
     def write(self) -> AbstractContextManager[Transaction]:

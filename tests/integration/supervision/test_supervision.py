@@ -20,6 +20,7 @@ import pytest
 
 from engine.errors import CommandNotFound, Conflict, RuntimeFailure
 from engine.logs import log_file_path, read_logs
+from engine.runtime.helper import helper_pids
 from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import LiveState, Supervisor
@@ -61,6 +62,18 @@ async def test_exit_code_and_output_are_recorded(bed: Bed, supervisor: Superviso
     assert records == [("stdout", b"out\n"), ("stderr", b"err\n"), ("stdout", b"partial")]
     final = await supervisor.state(cdir)
     assert final.status == "exited" and final.exit == info
+
+
+async def test_monitors_are_the_helpers_children_but_not_taken_for_helpers(bed: Bed, supervisor: Supervisor) -> None:
+    cdir, spec = bed.container(["sleep", "300"])
+    state = await start(supervisor, cdir, spec)
+    helper = await supervisor.helper_pid()
+    assert helper_pids(bed.state) == [helper]  # the monitor keeps the helper's command line, not its name
+    with open(f"/proc/{state.monitor_pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    assert int(fields[1]) == helper  # forked once (its own session), reaped by the kernel when it ends
+    assert int(fields[3]) == state.monitor_pid  # session id: a session leader
+    await supervisor.stop(cdir, 0)
 
 
 async def test_command_not_found_is_reported_and_cleaned_up(bed: Bed, supervisor: Supervisor) -> None:
