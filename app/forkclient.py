@@ -236,16 +236,31 @@ class _Forwarder:
         self.forwarded: list[int] = []
         for name in _FORWARDED:
             _signal.signal(getattr(_signal, name), self.handle)
+        _signal.signal(_signal.SIGTSTP, self.suspend)
 
     def handle(self, signum: int, frame: object) -> None:
         if self.pid:
             self.forwarded.append(signum)
-            try:  # noqa: SIM105
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+            self._send(signum)
         else:
             self.pending.append(signum)
+
+    def suspend(self, signum: int, frame: object) -> None:
+        """Ctrl-Z (job control): stop the command with us, and let it go on when the shell continues us (the
+        command's process is not in our process group, so the terminal's signals never reach it)."""
+        if self.pid:
+            self._send(_signal.SIGSTOP)
+        _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTSTP)  # stops here until SIGCONT
+        _signal.signal(_signal.SIGTSTP, self.suspend)
+        if self.pid:
+            self._send(_signal.SIGCONT)
+
+    def _send(self, signum: int) -> None:
+        try:  # noqa: SIM105
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -316,7 +331,7 @@ def run(argv: Sequence[str]) -> int | None:
         finally:
             sock.close()
     except _Unavailable:
-        for name in _FORWARDED:
+        for name in (*_FORWARDED, "SIGTSTP"):
             _signal.signal(getattr(_signal, name), _signal.default_int_handler if name == "SIGINT"
                            else _signal.SIG_DFL)
         return None

@@ -122,6 +122,32 @@ def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_it_along(loaded: C
     assert loaded("rm", "-f", "talker").returncode == 0
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_command_with_its_client(loaded: Cli) -> None:
+    assert loaded("run", "-d", "--name", "talker", "--network", "none", loaded.image, "sh", "-c",
+                  "echo ready; exec sleep 300").returncode == 0
+    (template,) = _templates(loaded.root)
+    before = set(_children(template))
+    follower = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "ready\n"
+        (worker,) = set(_children(template)) - before
+        follower.send_signal(signal.SIGTSTP)
+        wait_until(lambda: _state(follower.pid) == "T" and _state(worker) == "T", "client and command to stop")
+        follower.send_signal(signal.SIGCONT)
+        wait_until(lambda: _state(worker) != "T", "the command to go on")
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=20)
+    assert follower.returncode == 130
+    assert loaded("rm", "-f", "talker").returncode == 0
+
+
 def test_a_template_running_other_code_is_retired(loaded: Cli) -> None:
     (old,) = _templates(loaded.root)
     stale = loaded.root / "cli-0000000000000000.sock"
