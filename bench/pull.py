@@ -110,7 +110,7 @@ def main() -> None:
         report(rows, baseline="podman pull" if podman_time else "kitebox pull (download+verify+unpack)")
         print(f"  kitebox download+verify throughput: {compressed / download / 1e6:.0f} MB/s"
               f" (process CPU {cpu['download']:.2f} s)")
-        print(f"  kitebox pull process CPU: {cpu['full']:.2f} s (median)")
+        print(f"  kitebox pull CPU (process and unpack workers): {cpu['full']:.2f} s (median)")
         if skopeo:
             print(f"  download+verify vs skopeo: {download / skopeo:.2f}x")
         files = 7000

@@ -42,10 +42,13 @@ from engine.images import LayerRecord
 from engine.snapshots import TEMPORARY_LABEL, OverlaySnapshotter, Snapshotter
 from engine.unpack import ApplyResult, ByteFeed, apply_layer
 from engine.unpack.detached import apply_layer_detached, can_apply_detached
+from engine.unpack.worker import apply_layer_detached_isolated
 
 __all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids", "first_cause"]
 
 _FEED_BUFFER = 32 * 2**20
+ISOLATE_BYTES = 4 * 2**20
+"""Layers of at least this many compressed bytes are applied in a worker process when applied detached."""
 _T = TypeVar("_T")
 
 
@@ -260,7 +263,10 @@ class Unpacker:
             try:
                 await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
                 upper = await asyncio.to_thread(sn.upper_dir, key)
-                detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
+                # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker); a small
+                # one is not worth an interpreter start.
+                apply = apply_layer_detached_isolated if layer.size >= ISOLATE_BYTES else apply_layer_detached
+                detached = await self._read_and_apply(layer, source, lambda reader: apply(
                     reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
                     whiteouts=sn.whiteout_mode, limits=self._limits))
             except BaseException:

@@ -28,15 +28,17 @@ Safety, limits, whiteouts and the DiffID check are ``apply_layer``'s own: only t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.config import Limits
-from engine.errors import InvalidArgument, KiteboxError, from_oserror
+from engine.errors import InvalidArgument, KiteboxError, RuntimeFailure, from_oserror
 from engine.unpack.apply import ApplyResult, WhiteoutMode, _Applier, checked_result, open_root
 from engine.unpack.decompress import ByteSource, LayerStream, compression_for
 from engine.unpack.safepath import RootDir
@@ -178,6 +180,40 @@ class DetachedLayer:
         if self._applier is not None:
             self._applier.close()
             self._applier = None
+
+    def export_state(self) -> tuple[dict[str, Any], list[int]]:
+        """What ``stack`` needs, for another process (engine.unpack.worker): JSON-able data, and the implied
+        directories' fds in the order of ``state["implied"]`` (still owned by this object)."""
+        result = dataclasses.asdict(self.result)
+        applier = self._applier
+        if applier is None:
+            return {"result": result, "needs_lowers": True}, []
+        return {"result": result, "needs_lowers": False, "uses_openat2": applier.root.uses_openat2,
+                "dir_times": [[list(parts), atime, mtime] for parts, atime, mtime in applier.dir_times],
+                "implied": [[list(r.parts), r.times_at, r.superseded] for r in applier.implied],
+                }, [r.fd for r in applier.implied]
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], fds: list[int], target: Path, layer_digest: str,
+                   whiteouts: WhiteoutMode, limits: Limits) -> DetachedLayer:
+        """The layer another process applied into ``target`` (``export_state``'s data and fds, which this
+        object then owns; closed here when they do not match the data)."""
+        result = ApplyResult(**state["result"])
+        if state["needs_lowers"]:
+            for fd in fds:
+                os.close(fd)
+            return cls(None, result)
+        if len(fds) != len(state["implied"]):
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeFailure(f"layer {layer_digest}: the unpack worker sent {len(fds)} directories for "
+                                 f"{len(state['implied'])}")
+        applier = _DetachedApplier(open_root(target, layer_digest, bool(state["uses_openat2"])), layer_digest,
+                                   whiteouts, limits)
+        applier.dir_times = [(tuple(parts), atime, mtime) for parts, atime, mtime in state["dir_times"]]
+        applier.implied = [_Implied(tuple(parts), fd, times_at, superseded)
+                           for (parts, times_at, superseded), fd in zip(state["implied"], fds, strict=True)]
+        return cls(applier, result)
 
 
 def apply_layer_detached(

@@ -31,6 +31,14 @@ from engine.unpacker import Unpacker, chain_ids
 
 pytestmark = pytest.mark.root
 
+
+@pytest.fixture(autouse=True, params=["thread", "process"])
+def where_layers_apply(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case twice: detached layers applied in threads, and every one in an unpack worker process."""
+    monkeypatch.setattr(engine.unpacker, "ISOLATE_BYTES", 0 if request.param == "process" else 2**62)
+    where: str = request.param
+    return where
+
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 T0 = 1_700_000_000
 

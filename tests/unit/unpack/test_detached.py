@@ -1,5 +1,8 @@
 """``apply_layer_detached`` + ``stack`` give exactly the tree ``apply_layer`` with the same lowers gives.
 
+Every case runs twice: in this process, and through ``apply_layer_detached_isolated`` (a worker process does
+the application and hands back what ``stack`` needs, the held directories' fds included).
+
 Each case applies lower layers, then the layer under test twice: with ``apply_layer(lower=...)`` (the
 reference) and detached, stacked afterwards. The two trees must be identical (types, modes, owners, times,
 contents, link targets, device numbers, overlay xattrs), or ``stack`` must say the layer needs its lowers.
@@ -11,6 +14,7 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,10 +22,19 @@ import pytest
 from engine.config import Limits
 from engine.errors import DigestMismatch, InvalidArgument
 from engine.unpack import apply_layer
-from engine.unpack.detached import MAX_IMPLIED, apply_layer_detached
+from engine.unpack.detached import MAX_IMPLIED, DetachedLayer, apply_layer_detached
+from engine.unpack.worker import apply_layer_detached_isolated
 from tests.unit.unpack.tarbuild import DIGEST, GZIP, PLAIN, T0, D, F, H, S, diff_id, gz, layer, node
 
 pytestmark = pytest.mark.root
+
+Detach = Callable[..., DetachedLayer]
+
+
+@pytest.fixture(params=[apply_layer_detached, apply_layer_detached_isolated], ids=["thread", "process"])
+def detach(request: pytest.FixtureRequest) -> Detach:
+    function: Detach = request.param
+    return function
 
 
 def describe(root: Path) -> dict[str, tuple[object, ...]]:
@@ -54,14 +67,14 @@ def apply_lowers(base: Path, *layers: bytes) -> list[Path]:
     return list(reversed(dirs))
 
 
-def both_ways(base: Path, lowers: list[Path], blob: bytes) -> tuple[Path, Path, bool]:
+def both_ways(detach: Detach, base: Path, lowers: list[Path], blob: bytes) -> tuple[Path, Path, bool]:
     reference, detached_dir = base / "reference", base / "detached"
     reference.mkdir()
     detached_dir.mkdir()
     apply_layer(io.BytesIO(blob), PLAIN, reference, layer_digest=DIGEST, expected_diff_id=diff_id(blob),
                 whiteouts="overlay", lower=lowers, limits=Limits())
-    detached = apply_layer_detached(io.BytesIO(blob), PLAIN, detached_dir, layer_digest=DIGEST,
-                                    expected_diff_id=diff_id(blob), whiteouts="overlay", limits=Limits())
+    detached = detach(io.BytesIO(blob), PLAIN, detached_dir, layer_digest=DIGEST,
+                      expected_diff_id=diff_id(blob), whiteouts="overlay", limits=Limits())
     assert detached.result.diff_id == diff_id(blob)
     return reference, detached_dir, detached.stack(lowers)
 
@@ -75,7 +88,7 @@ LOWER = layer(
 )
 
 
-def test_implied_directories_get_the_lowers_metadata(tmp_path: Path) -> None:
+def test_implied_directories_get_the_lowers_metadata(tmp_path: Path, detach: Detach) -> None:
     lowers = apply_lowers(tmp_path, LOWER)
     upper = layer(
         F("etc/deep/new", b"new"),  # etc and etc/deep implied: both in the lower
@@ -86,7 +99,7 @@ def test_implied_directories_get_the_lowers_metadata(tmp_path: Path) -> None:
         node("etc/.wh.passwd", tarfile.REGTYPE),
         F("etc/deep/.wh..wh..opq"),
     )
-    reference, detached, stacked = both_ways(tmp_path, lowers, upper)
+    reference, detached, stacked = both_ways(detach, tmp_path, lowers, upper)
     assert stacked
     expected = describe(reference)
     got = describe(detached)
@@ -99,60 +112,59 @@ def test_implied_directories_get_the_lowers_metadata(tmp_path: Path) -> None:
     assert expected["opt"][:3] == (stat.S_IFDIR | 0o700, 5, 6)
 
 
-def test_directory_listed_before_its_children_needs_no_fixing(tmp_path: Path) -> None:
+def test_directory_listed_before_its_children_needs_no_fixing(tmp_path: Path, detach: Detach) -> None:
     lowers = apply_lowers(tmp_path, LOWER)
     upper = layer(D("etc", 0o755, uid=1, gid=1, mtime=T0), F("etc/a", b"a"), D("srv", 0o755), F("srv/b"))
-    reference, detached, stacked = both_ways(tmp_path, lowers, upper)
+    reference, detached, stacked = both_ways(detach, tmp_path, lowers, upper)
     assert stacked and describe(detached) == describe(reference)
 
 
-def test_hard_link_into_a_lower_layer_needs_the_lowers(tmp_path: Path) -> None:
+def test_hard_link_into_a_lower_layer_needs_the_lowers(tmp_path: Path, detach: Detach) -> None:
     lowers = apply_lowers(tmp_path, LOWER)
     blob = layer(F("a", b"a"), H("etc/passwd-link", "etc/passwd"), F("z", b"z"))
     target = tmp_path / "t"
     target.mkdir()
-    detached = apply_layer_detached(io.BytesIO(gz(blob)), GZIP, target, layer_digest=DIGEST,
-                                    expected_diff_id=diff_id(blob), whiteouts="overlay", limits=Limits())
+    detached = detach(io.BytesIO(gz(blob)), GZIP, target, layer_digest=DIGEST,
+                      expected_diff_id=diff_id(blob), whiteouts="overlay", limits=Limits())
     assert detached.needs_lowers
     assert detached.result.diff_id == diff_id(blob)  # the whole stream was read and verified
     assert detached.stack(lowers) is False
 
 
-def test_hard_link_within_the_layer_is_fine(tmp_path: Path) -> None:
+def test_hard_link_within_the_layer_is_fine(tmp_path: Path, detach: Detach) -> None:
     lowers = apply_lowers(tmp_path, LOWER)
-    reference, detached, stacked = both_ways(tmp_path, lowers, layer(F("etc/f", b"f"), H("etc/g", "etc/f")))
+    reference, detached, stacked = both_ways(detach, tmp_path, lowers, layer(F("etc/f", b"f"), H("etc/g", "etc/f")))
     assert stacked and describe(detached) == describe(reference)
     assert os.lstat(detached / "etc" / "g").st_nlink == 2
 
 
-def test_setgid_lower_directory_needs_the_lowers(tmp_path: Path) -> None:
+def test_setgid_lower_directory_needs_the_lowers(tmp_path: Path, detach: Detach) -> None:
     lowers = apply_lowers(tmp_path, layer(D("var", 0o755), D("var/mail", 0o2775, gid=8)))
-    _, _, stacked = both_ways(tmp_path, lowers, layer(F("var/mail/sub/box", b"mail")))
+    _, _, stacked = both_ways(detach, tmp_path, lowers, layer(F("var/mail/sub/box", b"mail")))
     assert stacked is False
 
 
-def test_too_many_implied_directories_need_the_lowers(tmp_path: Path) -> None:
+def test_too_many_implied_directories_need_the_lowers(tmp_path: Path, detach: Detach) -> None:
     blob = layer(*(F(f"d{i}/f") for i in range(MAX_IMPLIED + 1)))
-    detached = apply_layer_detached(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST,
-                                    expected_diff_id=None, whiteouts="overlay", limits=Limits())
+    detached = detach(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST,
+                      expected_diff_id=None, whiteouts="overlay", limits=Limits())
     assert detached.needs_lowers and detached.stack([]) is False
 
 
-def test_diff_id_is_checked_and_delete_mode_refused(tmp_path: Path) -> None:
+def test_diff_id_is_checked_and_delete_mode_refused(tmp_path: Path, detach: Detach) -> None:
     blob = layer(F("a", b"a"))
     with pytest.raises(DigestMismatch, match="DiffID mismatch"):
-        apply_layer_detached(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST,
-                             expected_diff_id="sha256:" + "0" * 64, whiteouts="overlay", limits=Limits())
+        detach(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST,
+               expected_diff_id="sha256:" + "0" * 64, whiteouts="overlay", limits=Limits())
     with pytest.raises(InvalidArgument, match="need their lowers"):
-        apply_layer_detached(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST, expected_diff_id=None,
-                             whiteouts="delete", limits=Limits())
+        detach(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST, expected_diff_id=None,
+               whiteouts="delete", limits=Limits())
 
 
-def test_close_without_stack_releases_the_held_directories(tmp_path: Path) -> None:
+def test_close_without_stack_releases_the_held_directories(tmp_path: Path, detach: Detach) -> None:
     before = len(os.listdir("/proc/self/fd"))
-    detached = apply_layer_detached(io.BytesIO(layer(F("a/b/c"), F("d/e"))), PLAIN, tmp_path,
-                                    layer_digest=DIGEST, expected_diff_id=None, whiteouts="overlay",
-                                    limits=Limits())
+    detached = detach(io.BytesIO(layer(F("a/b/c"), F("d/e"))), PLAIN, tmp_path,
+                      layer_digest=DIGEST, expected_diff_id=None, whiteouts="overlay", limits=Limits())
     assert len(os.listdir("/proc/self/fd")) > before  # the implied a, a/b, d are held for stack()
     detached.close()
     assert len(os.listdir("/proc/self/fd")) == before

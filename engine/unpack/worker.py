@@ -1,0 +1,207 @@
+"""``apply_layer_detached`` in a process of its own: the same contract, another interpreter (and GIL).
+
+Why: a pull applies several layers at once, and applying is mostly Python (tar headers, path resolution, one
+metadata call after another). In threads of one process they take turns on the GIL, so on two cores the
+biggest layer's thread ran a third of the time. A layer applied by a ``python -I`` child (standard library,
+the engine's unpack room and its decompressors; started with exec, never a bare fork of this multi-threaded
+process) runs in parallel with the others and with the download.
+
+The parent pumps the compressed bytes from ``source`` into the child's stdin (a pipe) and gets back, over a
+socket pair, the outcome: the ``ApplyResult`` and what ``DetachedLayer.stack`` needs later -- the directory
+times and the implied directories, whose held fds come along with SCM_RIGHTS -- or the error's class and
+message (errors are ``KiteboxError``s rebuilt by name; anything else is a RuntimeFailure naming the layer).
+The child dies with its parent (``PR_SET_PDEATHSIG``); a child that dies without answering is a
+RuntimeFailure. Safety, limits, whiteouts and the DiffID check are ``apply_layer``'s own, run in the child.
+
+Wire format (socket pair): one JSON request line from the parent; one JSON reply line from the child, the fds
+attached to its first byte.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+from engine import errors
+from engine.config import Limits
+from engine.unpack.apply import WhiteoutMode
+from engine.unpack.decompress import ByteSource
+from engine.unpack.detached import MAX_IMPLIED, DetachedLayer, apply_layer_detached
+
+__all__ = ["apply_layer_detached_isolated", "main"]
+
+_CHUNK: Final = 1024 * 1024
+_F_SETPIPE_SZ: Final = 1031
+_PR_SET_PDEATHSIG: Final = 1
+_PROJECT: Final = str(Path(__file__).resolve().parents[2])
+_BOOTSTRAP: Final = (
+    "import sys\n"
+    "sys.path.insert(0,sys.argv[1])\n"
+    "from engine.unpack.worker import main\n"
+    "main(int(sys.argv[2]))\n"
+)
+_MAX_REPLY: Final = 64 * 1024 * 1024
+
+
+def apply_layer_detached_isolated(
+    source: ByteSource,
+    media_type: str,
+    target: Path,
+    *,
+    layer_digest: str,
+    expected_diff_id: str | None,
+    whiteouts: WhiteoutMode,
+    limits: Limits,
+    use_openat2: bool | None = None,
+) -> DetachedLayer:
+    """:func:`engine.unpack.detached.apply_layer_detached`, applied by a child process (blocking)."""
+    if whiteouts == "delete" or os.geteuid() != 0:  # refused the same way, without starting a process
+        return apply_layer_detached(source, media_type, target, layer_digest=layer_digest,
+                                    expected_diff_id=expected_diff_id, whiteouts=whiteouts, limits=limits,
+                                    use_openat2=use_openat2)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # A file, not a pipe, for the child's stderr: nobody reads a pipe while the layer is pumped in.
+    stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, _PROJECT, str(theirs.fileno())], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=stderr_file, pass_fds=(theirs.fileno(),), cwd="/",
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+    except OSError as err:
+        ours.close()
+        stderr_file.close()
+        raise errors.RuntimeFailure(f"layer {layer_digest}: starting the unpack worker failed: {err}") from err
+    finally:
+        theirs.close()
+    assert child.stdin is not None
+    try:
+        request = {"media_type": media_type, "target": str(target), "layer_digest": layer_digest,
+                   "expected_diff_id": expected_diff_id, "whiteouts": whiteouts,
+                   "limits": dataclasses.asdict(limits), "use_openat2": use_openat2}
+        with contextlib.suppress(OSError):  # a child that is gone already answers nothing: reported below
+            ours.sendall(json.dumps(request).encode() + b"\n")
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)
+        _pump(source, child.stdin)
+        with contextlib.suppress(OSError):
+            child.stdin.close()  # EOF: the end of the layer
+        reply, fds = _receive(ours)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        ours.close()
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        child.wait()
+        stderr_file.seek(0)
+        stderr = stderr_file.read()[-4096:]
+        stderr_file.close()
+    try:
+        return _outcome(reply, fds, layer_digest, stderr, target, whiteouts, limits)
+    except BaseException:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise
+
+
+def _pump(source: ByteSource, sink: Any) -> None:
+    """Copy the compressed stream into the child; a child that stopped reading (it failed, and says why in
+    its reply) ends the copy early."""
+    fd = sink.fileno()
+    while chunk := source.read(_CHUNK):
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            return
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """The child's reply line and the fds that came with it; (None, []) when it died without answering."""
+    fds: list[int] = []
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            chunk, ancillary, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE((MAX_IMPLIED + 1) * 4))
+        except OSError:  # reset: it died with our request unread
+            break
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                fds.extend(received)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > _MAX_REPLY:
+            break
+    if not data.endswith(b"\n"):
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    reply = json.loads(data)
+    return (reply if isinstance(reply, dict) else None), fds
+
+
+def _outcome(reply: dict[str, Any] | None, fds: list[int], layer_digest: str, stderr: bytes, target: Path,
+             whiteouts: WhiteoutMode, limits: Limits) -> DetachedLayer:
+    if reply is None:
+        detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+        raise errors.RuntimeFailure(f"layer {layer_digest}: the unpack worker died: {detail[0]}")
+    if "error" in reply:
+        failure = reply["error"]
+        kind = getattr(errors, str(failure.get("type")), None)
+        message = str(failure.get("message"))
+        if isinstance(kind, type) and issubclass(kind, errors.KiteboxError):
+            raise kind(message)
+        raise errors.RuntimeFailure(f"layer {layer_digest}: unpack worker: {message}")
+    return DetachedLayer.from_state(reply["state"], fds, target, layer_digest, whiteouts, limits)
+
+
+# --- the child --------------------------------------------------------------------------------------------
+
+def main(sock_fd: int) -> None:
+    """The child: read the request, apply the layer from stdin, answer; exit."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
+    sock = socket.socket(fileno=sock_fd)
+    reply: dict[str, Any]
+    fds: list[int] = []
+    detached: DetachedLayer | None = None
+    try:
+        with sock.makefile("rb") as lines:
+            request = json.loads(lines.readline())
+        source = open(0, "rb", buffering=0)  # noqa: SIM115 (the process's stdin, for its whole life)
+        detached = apply_layer_detached(
+            source, request["media_type"], Path(request["target"]), layer_digest=request["layer_digest"],
+            expected_diff_id=request["expected_diff_id"], whiteouts=request["whiteouts"],
+            limits=Limits(**request["limits"]), use_openat2=request["use_openat2"])
+        state, fds = detached.export_state()
+        reply = {"state": state}
+    except errors.KiteboxError as err:
+        reply = {"error": {"type": type(err).__name__, "message": str(err)}}
+    except Exception as err:  # reported to the parent, which names the layer
+        reply = {"error": {"type": "", "message": f"{type(err).__name__}: {err}"}}
+    data = json.dumps(reply).encode() + b"\n"
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    sock.sendmsg([data[:1]], ancillary)
+    sock.sendall(data[1:])
+    sock.close()
+    if detached is not None:
+        detached.close()
+    os._exit(0)
