@@ -76,6 +76,7 @@ def apply_layer_detached_isolated(
         child = subprocess.Popen(
             [sys.executable, "-I", "-c", _BOOTSTRAP, _PROJECT, str(theirs.fileno())], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=stderr_file, pass_fds=(theirs.fileno(),), cwd="/",
+            start_new_session=True,  # a terminal's ^C is for the parent, which then cancels (and kills) it
             env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
     except OSError as err:
         ours.close()
