@@ -26,9 +26,7 @@ import fcntl
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,9 +42,14 @@ _CHUNK: Final = 1024 * 1024
 _F_SETPIPE_SZ: Final = 1031
 _PR_SET_PDEATHSIG: Final = 1
 _PROJECT: Final = str(Path(__file__).resolve().parents[2])
+# Bare stand-ins for the ``engine`` and ``engine.unpack`` packages, so their __init__ modules (which import
+# asyncio for the feed, among others) do not run: the child imports only what applying needs (~40 ms less).
 _BOOTSTRAP: Final = (
-    "import sys\n"
-    "sys.path.insert(0,sys.argv[1])\n"
+    "import sys,types\n"
+    "root=sys.argv[1]\n"
+    "sys.path.insert(0,root)\n"
+    "for name in ('engine','engine.unpack'):\n"
+    "    m=types.ModuleType(name);m.__path__=[root+'/'+name.replace('.','/')];sys.modules[name]=m\n"
     "from engine.unpack.worker import main\n"
     "main(int(sys.argv[2]))\n"
 )
@@ -69,6 +72,9 @@ def apply_layer_detached_isolated(
         return apply_layer_detached(source, media_type, target, layer_digest=layer_digest,
                                     expected_diff_id=expected_diff_id, whiteouts=whiteouts, limits=limits,
                                     use_openat2=use_openat2)
+    import subprocess  # the parent's side only: the child does not pay for these imports
+    import tempfile
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # A file, not a pipe, for the child's stderr: nobody reads a pipe while the layer is pumped in.
     stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
