@@ -49,6 +49,8 @@ __all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids", "first_cause"
 _FEED_BUFFER = 32 * 2**20
 ISOLATE_BYTES = 4 * 2**20
 """Layers of at least this many compressed bytes are applied in a worker process when applied detached."""
+YIELDING_NICENESS = 10
+"""The niceness of the workers of all but the biggest layer (see ``unpack``)."""
 _T = TypeVar("_T")
 
 
@@ -221,12 +223,17 @@ class Unpacker:
         results: dict[int, ApplyResult] = {}
         committed = {position: asyncio.Event() for position in range(first_missing, len(layers))}
         slots = asyncio.Semaphore(self._concurrency)
+        # The biggest layer is the pull's critical path (nothing above it commits before it does): its worker
+        # keeps the normal priority, the others yield the CPU to it when the cores are busy.
+        biggest = max(layer.size for layer in layers[first_missing:])
 
         async def one(position: int) -> None:
             parent = cids[position - 1] if position else None
             below = committed.get(position - 1)
+            niceness = 0 if layers[position].size == biggest else YIELDING_NICENESS
             results[position] = await self._one_concurrent(
-                layers[position], parent, cids[position], below, sources.get(position), slots, progress, reference)
+                layers[position], parent, cids[position], below, sources.get(position), slots, progress, reference,
+                niceness)
             committed[position].set()
 
         try:
@@ -251,7 +258,7 @@ class Unpacker:
     async def _one_concurrent(
         self, layer: LayerRecord, parent: str | None, cid: str, below: asyncio.Event | None,
         source: LayerSource | None, slots: asyncio.Semaphore, progress: Callable[[PullProgress], None] | None,
-        reference: str,
+        reference: str, niceness: int = 0,
     ) -> ApplyResult:
         """Apply ``layer`` detached (holding an apply slot), then rebase, stack and commit it after ``below``."""
         sn = self._snapshotter
@@ -265,10 +272,14 @@ class Unpacker:
                 upper = await asyncio.to_thread(sn.upper_dir, key)
                 # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker); a small
                 # one is not worth an interpreter start.
-                apply = apply_layer_detached_isolated if layer.size >= ISOLATE_BYTES else apply_layer_detached
-                detached = await self._read_and_apply(layer, source, lambda reader: apply(
-                    reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
-                    whiteouts=sn.whiteout_mode, limits=self._limits))
+                if layer.size >= ISOLATE_BYTES:
+                    detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached_isolated(
+                        reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
+                        whiteouts=sn.whiteout_mode, limits=self._limits, niceness=niceness))
+                else:
+                    detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
+                        reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
+                        whiteouts=sn.whiteout_mode, limits=self._limits))
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(sn.remove, key)
