@@ -225,7 +225,7 @@ class Unpacker:
         slots = asyncio.Semaphore(self._concurrency)
         # The biggest layer is the pull's critical path (nothing above it commits before it does): its worker
         # keeps the normal priority, the others yield the CPU to it when the cores are busy.
-        biggest = max(layer.size for layer in layers[first_missing:])
+        biggest = max((layer.size for layer in layers[first_missing:]), default=0)
 
         async def one(position: int) -> None:
             parent = cids[position - 1] if position else None

@@ -148,6 +148,8 @@ async def test_unpack_again_skips_committed_layers(tmp_path: Path) -> None:
     result = await Unpacker(sn, content, Limits(), concurrency=3).unpack(layers)
     assert len(result.applied) == len(IMAGE) - 2
     assert len(sn.walk()) == len(IMAGE)
+    again = await Unpacker(sn, content, Limits(), concurrency=3).unpack(layers)  # every layer there already
+    assert again.applied == () and again.top == result.top
 
 
 async def test_a_bad_layer_fails_the_unpack_and_leaves_only_whole_snapshots(tmp_path: Path) -> None:
