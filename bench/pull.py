@@ -8,6 +8,8 @@ empty store:
 * ``kitebox pull``: download + verify + unpack into overlay snapshots (what ``kitebox pull`` does);
 * ``skopeo copy docker:// dir:`` (download + verify), ``podman pull`` and ``docker pull`` where installed.
 
+``kitebox pull`` and ``podman pull`` (the two that create ~7,000 files each) alternate run by run.
+
 Every run of every tool starts from a *new* empty store directory, and the stores are deleted only after all
 timings. Deleting the previous run's ~7,000 files right before a timed run (what this script did at first)
 makes the next run's file creations pay for the deletions on a journal-less ext4 (``recently_deleted()``
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -73,30 +76,42 @@ def main() -> None:
             cpu: dict[str, float] = {}
             download = median_time(args.runs, lambda: asyncio.run(_download_only(stores.current, ref)),
                                    before=stores.next, cpu=cpu, name="download")
-            full = median_time(args.runs, lambda: asyncio.run(_full_pull(stores.current, ref)),
-                               before=stores.next, cpu=cpu, name="full")
-            rows: list[tuple[str, float | None]] = [
-                ("kitebox download+verify", download),
-                ("kitebox pull (download+verify+unpack)", full),
-            ]
             skopeo: float | None = None
             if shutil.which("skopeo"):
                 skopeo = median_time(args.runs, lambda: run_quiet(
                     ["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{stores.current}"]),
                     before=stores.next)
-            rows.append(("skopeo copy (download+verify)", skopeo))
-            podman_time: float | None = None
             podman_roots: list[list[str]] = []
-            if podman(work / "podman-probe") is not None:
-                def fresh_podman() -> None:
-                    stores.next()
-                    prefix = podman(stores.current)
-                    assert prefix is not None
-                    podman_roots.append(prefix)
+            with_podman = podman(work / "podman-probe") is not None
 
-                podman_time = median_time(args.runs, lambda: run_quiet(
-                    [*podman_roots[-1], "pull", "-q", "--tls-verify=false", ref]), before=fresh_podman)
-            rows.append(("podman pull", podman_time))
+            def fresh_podman() -> None:
+                stores.next()
+                prefix = podman(stores.current)
+                assert prefix is not None
+                podman_roots.append(prefix)
+
+            # The two unpacking pulls alternate, run by run: on a journal-less ext4 every file creation is
+            # slower for minutes after many deletions (see above), so running all of one tool's pulls first
+            # would hand that tool a different disk than the other's.
+            full_samples: list[float] = []
+            full_cpu: list[float] = []
+            podman_samples: list[float] = []
+            for _ in range(args.runs):
+                full_samples.append(median_time(1, lambda: asyncio.run(_full_pull(stores.current, ref)),
+                                                before=stores.next, cpu=cpu, name="full"))
+                full_cpu.append(cpu["full"])
+                if with_podman:
+                    podman_samples.append(median_time(1, lambda: run_quiet(
+                        [*podman_roots[-1], "pull", "-q", "--tls-verify=false", ref]), before=fresh_podman))
+            full = statistics.median(full_samples)
+            cpu["full"] = statistics.median(full_cpu)
+            podman_time = statistics.median(podman_samples) if podman_samples else None
+            rows: list[tuple[str, float | None]] = [
+                ("kitebox download+verify", download),
+                ("kitebox pull (download+verify+unpack)", full),
+                ("skopeo copy (download+verify)", skopeo),
+                ("podman pull", podman_time),
+            ]
             docker_time: float | None = None
             if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
                 docker_time = median_time(args.runs, lambda: run_quiet(["docker", "pull", "-q", ref]),
