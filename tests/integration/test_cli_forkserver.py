@@ -15,6 +15,7 @@ import pytest
 from app.forkclient import BOOTSTRAP
 from engine.runtime.helper import helper_pids
 from tests.support.cli import REPO, Cli
+from tests.support.procs import children, parent_of, state_of
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
@@ -23,29 +24,7 @@ pytestmark = [pytest.mark.root, pytest.mark.registry]
 def _templates(root: Path) -> list[int]:
     """The templates of ``root`` (not their workers, which share their command line)."""
     found = helper_pids(root, bootstrap=BOOTSTRAP)
-    return [pid for pid in found if _parent(pid) not in found]
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-                found.append(int(name))
-    return found
+    return [pid for pid in found if parent_of(pid) not in found]
 
 
 def _popen(root: Path, *args: str, cwd: Path = REPO, **kwargs: object) -> subprocess.Popen[str]:
@@ -110,37 +89,32 @@ def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_it_along(loaded: C
     assert follower.returncode == 130, err
     assert "Traceback" not in err
 
-    before = set(_children(template))
+    before = set(children(template))
     killed = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert killed.stdout is not None
     assert killed.stdout.readline() == "ready\n"
-    workers = set(_children(template)) - before
+    workers = set(children(template)) - before
     assert len(workers) == 1
     killed.kill()
     killed.communicate(timeout=20)
-    wait_until(lambda: not set(_children(template)) & workers, "the command's process to end with its client")
+    wait_until(lambda: not set(children(template)) & workers, "the command's process to end with its client")
     assert loaded("rm", "-f", "talker").returncode == 0
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_ctrl_z_stops_the_command_with_its_client(loaded: Cli) -> None:
     assert loaded("run", "-d", "--name", "talker", "--network", "none", loaded.image, "sh", "-c",
                   "echo ready; exec sleep 300").returncode == 0
     (template,) = _templates(loaded.root)
-    before = set(_children(template))
+    before = set(children(template))
     follower = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert follower.stdout is not None
         assert follower.stdout.readline() == "ready\n"
-        (worker,) = set(_children(template)) - before
+        (worker,) = set(children(template)) - before
         follower.send_signal(signal.SIGTSTP)
-        wait_until(lambda: _state(follower.pid) == "T" and _state(worker) == "T", "client and command to stop")
+        wait_until(lambda: state_of(follower.pid) == "T" and state_of(worker) == "T", "client and command to stop")
         follower.send_signal(signal.SIGCONT)
-        wait_until(lambda: _state(worker) != "T", "the command to go on")
+        wait_until(lambda: state_of(worker) != "T", "the command to go on")
     finally:
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=20)

@@ -12,23 +12,10 @@ import engine.unpack.worker as worker
 from engine.config import Limits
 from engine.errors import LimitExceeded, RuntimeFailure
 from engine.unpack.worker import apply_layer_detached_isolated
+from tests.support.procs import children
 from tests.unit.unpack.tarbuild import DIGEST, PLAIN, F, layer
 
 pytestmark = pytest.mark.root
-
-
-def _children() -> set[int]:
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid():
-                found.add(int(name))
-    return found
 
 
 def test_a_worker_that_dies_without_answering_is_a_runtime_failure(tmp_path: Path,
@@ -38,7 +25,7 @@ def test_a_worker_that_dies_without_answering_is_a_runtime_failure(tmp_path: Pat
         apply_layer_detached_isolated(io.BytesIO(layer(F("a", b"a" * 100_000))), PLAIN, tmp_path,
                                       layer_digest=DIGEST, expected_diff_id=None, whiteouts="overlay",
                                       limits=Limits())
-    assert not _children()
+    assert not children(os.getpid())
 
 
 def test_the_workers_errors_come_back_as_the_same_kind(tmp_path: Path) -> None:
@@ -47,7 +34,7 @@ def test_the_workers_errors_come_back_as_the_same_kind(tmp_path: Path) -> None:
         apply_layer_detached_isolated(io.BytesIO(blob), PLAIN, tmp_path, layer_digest=DIGEST,
                                       expected_diff_id=None, whiteouts="overlay",
                                       limits=Limits(max_layer_entries=5))
-    assert not _children()
+    assert not children(os.getpid())
 
 
 class _Breaking(io.BytesIO):
@@ -64,4 +51,4 @@ def test_a_source_that_breaks_kills_the_worker_and_propagates(tmp_path: Path) ->
         apply_layer_detached_isolated(_Breaking(layer(F("a", b"a" * 100_000))), PLAIN, tmp_path,
                                       layer_digest=DIGEST, expected_diff_id=None, whiteouts="overlay",
                                       limits=Limits())
-    assert not _children()
+    assert not children(os.getpid())
