@@ -42,7 +42,7 @@ from engine.images import LayerRecord
 from engine.snapshots import TEMPORARY_LABEL, OverlaySnapshotter, Snapshotter
 from engine.unpack import ApplyResult, ByteFeed, apply_layer
 from engine.unpack.detached import apply_layer_detached, can_apply_detached
-from engine.unpack.worker import apply_layer_detached_isolated
+from engine.unpack.worker import UnpackWorker
 
 __all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids", "first_cause"]
 
@@ -131,6 +131,18 @@ async def _settled(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await job
+        raise
+
+
+async def _start_worker(layer_digest: str, niceness: int) -> UnpackWorker:
+    """An ``UnpackWorker`` started in a thread; one that starts while the caller is being cancelled is ended."""
+    job = asyncio.ensure_future(asyncio.to_thread(UnpackWorker, layer_digest, niceness=niceness))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            worker = await job
+            await asyncio.to_thread(worker.close)
         raise
 
 
@@ -267,15 +279,18 @@ class Unpacker:
         async with slots:
             if progress is not None:
                 progress(PullProgress(reference, layer.digest, "extracting", 0, layer.size))
+            # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker), started now so
+            # that its interpreter start overlaps the snapshot and the wait for the first bytes; a small one is
+            # not worth an interpreter start.
+            worker = await _start_worker(layer.digest, niceness) if layer.size >= ISOLATE_BYTES else None
             try:
                 await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
                 upper = await asyncio.to_thread(sn.upper_dir, key)
-                # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker); a small
-                # one is not worth an interpreter start.
-                if layer.size >= ISOLATE_BYTES:
-                    detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached_isolated(
-                        reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
-                        whiteouts=sn.whiteout_mode, limits=self._limits, niceness=niceness))
+                if worker is not None:
+                    isolated = worker
+                    detached = await self._read_and_apply(layer, source, lambda reader: isolated.apply(
+                        reader, layer.media_type, upper, expected_diff_id=layer.diff_id,
+                        whiteouts=sn.whiteout_mode, limits=self._limits))
                 else:
                     detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
                         reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
@@ -284,6 +299,9 @@ class Unpacker:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(sn.remove, key)
                 raise
+            finally:
+                if worker is not None:
+                    await asyncio.to_thread(worker.close)  # (already ended when it was used)
         try:
             if below is not None:
                 await below.wait()

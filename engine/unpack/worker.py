@@ -10,8 +10,9 @@ The parent pumps the compressed bytes from ``source`` into the child's stdin (a 
 socket pair, the outcome: the ``ApplyResult`` and what ``DetachedLayer.stack`` needs later -- the directory
 times and the implied directories, whose held fds come along with SCM_RIGHTS -- or the error's class and
 message (errors are ``KiteboxError``s rebuilt by name; anything else is a RuntimeFailure naming the layer).
-The child dies with its parent (``PR_SET_PDEATHSIG``); a child that dies without answering is a
-RuntimeFailure. Safety, limits, whiteouts and the DiffID check are ``apply_layer``'s own, run in the child.
+The child ends when its parent does (its request, stream and answer all break); a child that dies
+without answering is a RuntimeFailure. Safety, limits, whiteouts and the DiffID check are ``apply_layer``'s
+own, run in the child.
 
 Wire format (socket pair): one JSON request line from the parent; one JSON reply line from the child, the fds
 attached to its first byte.
@@ -36,11 +37,10 @@ from engine.unpack.apply import WhiteoutMode
 from engine.unpack.decompress import ByteSource
 from engine.unpack.detached import MAX_IMPLIED, DetachedLayer, apply_layer_detached
 
-__all__ = ["apply_layer_detached_isolated", "main"]
+__all__ = ["UnpackWorker", "apply_layer_detached_isolated", "main"]
 
 _CHUNK: Final = 1024 * 1024
 _F_SETPIPE_SZ: Final = 1031
-_PR_SET_PDEATHSIG: Final = 1
 _PROJECT: Final = str(Path(__file__).resolve().parents[2])
 # Bare stand-ins for the ``engine`` and ``engine.unpack`` packages, so their __init__ modules (which import
 # asyncio for the feed, among others) do not run: the child imports only what applying needs (~40 ms less).
@@ -74,58 +74,95 @@ def apply_layer_detached_isolated(
         return apply_layer_detached(source, media_type, target, layer_digest=layer_digest,
                                     expected_diff_id=expected_diff_id, whiteouts=whiteouts, limits=limits,
                                     use_openat2=use_openat2)
-    import subprocess  # the parent's side only: the child does not pay for these imports
-    import tempfile
+    worker = UnpackWorker(layer_digest, niceness=niceness)
+    try:
+        return worker.apply(source, media_type, target, expected_diff_id=expected_diff_id, whiteouts=whiteouts,
+                            limits=limits, use_openat2=use_openat2)
+    finally:
+        worker.close()
 
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    # A file, not a pipe, for the child's stderr: nobody reads a pipe while the layer is pumped in.
-    stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, _PROJECT, str(theirs.fileno())], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=stderr_file, pass_fds=(theirs.fileno(),), cwd="/",
-            start_new_session=True,  # a terminal's ^C is for the parent, which then cancels (and kills) it
-            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
-    except OSError as err:
-        ours.close()
-        stderr_file.close()
-        raise errors.RuntimeFailure(f"layer {layer_digest}: starting the unpack worker failed: {err}") from err
-    finally:
-        theirs.close()
-    assert child.stdin is not None
-    if niceness:
-        with contextlib.suppress(OSError):  # gone already: its reply says why
-            os.setpriority(os.PRIO_PROCESS, child.pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
-    try:
-        request = {"media_type": media_type, "target": str(target), "layer_digest": layer_digest,
-                   "expected_diff_id": expected_diff_id, "whiteouts": whiteouts,
-                   "limits": dataclasses.asdict(limits), "use_openat2": use_openat2}
-        with contextlib.suppress(OSError):  # a child that is gone already answers nothing: reported below
-            ours.sendall(json.dumps(request).encode() + b"\n")
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)
-        _pump(source, child.stdin)
-        with contextlib.suppress(OSError):
-            child.stdin.close()  # EOF: the end of the layer
-        reply, fds = _receive(ours)
-    except BaseException:
-        child.kill()
-        raise
-    finally:
-        ours.close()
-        with contextlib.suppress(OSError):
-            child.stdin.close()
-        child.wait()
-        stderr_file.seek(0)
-        stderr = stderr_file.read()[-4096:]
-        stderr_file.close()
-    try:
-        return _outcome(reply, fds, layer_digest, stderr, target, whiteouts, limits)
-    except BaseException:
-        for fd in fds:
+
+class UnpackWorker:
+    """One worker process for one layer: started early (its interpreter start, ~0.1 s, then overlaps the wait
+    for the layer's first bytes), used once by :meth:`apply`, or ended by :meth:`close`. Blocking; root only
+    (detached application chowns)."""
+
+    def __init__(self, layer_digest: str, *, niceness: int = 0) -> None:
+        import subprocess  # the parent's side only: the child does not pay for these imports
+        import tempfile
+
+        self.layer_digest = layer_digest
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A file, not a pipe, for the child's stderr: nobody reads a pipe while the layer is pumped in.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOTSTRAP, _PROJECT, str(theirs.fileno())], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, pass_fds=(theirs.fileno(),), cwd="/",
+                start_new_session=True,  # a terminal's ^C is for the parent, which then cancels (and kills) it
+                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+        except OSError as err:
+            self._sock.close()
+            self._stderr.close()
+            raise errors.RuntimeFailure(f"layer {layer_digest}: starting the unpack worker failed: {err}") from err
+        finally:
+            theirs.close()
+        if niceness:
+            with contextlib.suppress(OSError):  # gone already: its reply says why
+                os.setpriority(os.PRIO_PROCESS, self._child.pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+        self._closed = False
+
+    def apply(self, source: ByteSource, media_type: str, target: Path, *, expected_diff_id: str | None,
+              whiteouts: WhiteoutMode, limits: Limits, use_openat2: bool | None = None) -> DetachedLayer:
+        """Have the worker apply the layer read from ``source`` into ``target`` (see the module docstring)."""
+        child = self._child
+        assert child.stdin is not None and not self._closed
+        try:
+            request = {"media_type": media_type, "target": str(target), "layer_digest": self.layer_digest,
+                       "expected_diff_id": expected_diff_id, "whiteouts": whiteouts,
+                       "limits": dataclasses.asdict(limits), "use_openat2": use_openat2}
+            with contextlib.suppress(OSError):  # a child that is gone already answers nothing: reported below
+                self._sock.sendall(json.dumps(request).encode() + b"\n")
             with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
+                fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)
+            _pump(source, child.stdin)
+            with contextlib.suppress(OSError):
+                child.stdin.close()  # EOF: the end of the layer
+            reply, fds = _receive(self._sock)
+        except BaseException:
+            child.kill()
+            self.close()
+            raise
+        stderr = self._finish()
+        try:
+            return _outcome(reply, fds, self.layer_digest, stderr, target, whiteouts, limits)
+        except BaseException:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+
+    def _finish(self) -> bytes:
+        """Wait for the child to end; the tail of what it wrote on stderr."""
+        if self._closed:
+            return b""
+        self._closed = True
+        self._sock.close()
+        if self._child.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()
+        self._child.wait()
+        self._stderr.seek(0)
+        stderr = self._stderr.read()[-4096:]
+        self._stderr.close()
+        return stderr
+
+    def close(self) -> None:
+        """End the worker if it was not used (or is still running): killed, waited for. Idempotent."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._child.kill()
+            self._finish()
 
 
 def _pump(source: ByteSource, sink: Any) -> None:
@@ -186,11 +223,11 @@ def _outcome(reply: dict[str, Any] | None, fds: list[int], layer_digest: str, st
 # --- the child --------------------------------------------------------------------------------------------
 
 def main(sock_fd: int) -> None:
-    """The child: read the request, apply the layer from stdin, answer; exit."""
-    with contextlib.suppress(Exception):
-        import ctypes
+    """The child: read the request, apply the layer from stdin, answer; exit.
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
+    No parent-death signal: it follows the *thread* that started the child, and the engine starts workers
+    from pool threads. A dead parent is seen anyway: its end of the request socket and of stdin close, so the
+    request, the layer's stream or the answer fails and the child exits."""
     sock = socket.socket(fileno=sock_fd)
     reply: dict[str, Any]
     fds: list[int] = []

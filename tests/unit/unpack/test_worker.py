@@ -11,7 +11,7 @@ import pytest
 import engine.unpack.worker as worker
 from engine.config import Limits
 from engine.errors import LimitExceeded, RuntimeFailure
-from engine.unpack.worker import apply_layer_detached_isolated
+from engine.unpack.worker import UnpackWorker, apply_layer_detached_isolated
 from tests.support.procs import children
 from tests.unit.unpack.tarbuild import DIGEST, PLAIN, F, layer
 
@@ -51,4 +51,12 @@ def test_a_source_that_breaks_kills_the_worker_and_propagates(tmp_path: Path) ->
         apply_layer_detached_isolated(_Breaking(layer(F("a", b"a" * 100_000))), PLAIN, tmp_path,
                                       layer_digest=DIGEST, expected_diff_id=None, whiteouts="overlay",
                                       limits=Limits())
+    assert not children(os.getpid())
+
+
+def test_a_worker_started_but_never_used_is_ended_by_close(tmp_path: Path) -> None:
+    unused = UnpackWorker(DIGEST)
+    assert children(os.getpid())
+    unused.close()
+    unused.close()  # idempotent
     assert not children(os.getpid())
