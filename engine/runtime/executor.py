@@ -175,7 +175,7 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
     _pivot_root(root_fd)
     os.close(root_fd)
     if console_fd >= 0:  # from the container's own devpts, so only once it is our /dev/pts (runc's order)
-        pty.become_console(console_fd, *pty.DEFAULT_SIZE)
+        pty.become_console(console_fd, *pty.DEFAULT_SIZE, bind_dev_console=True)
 
     for key, value in spec.sysctl.items():
         _write_sysctl(key, value)

@@ -157,10 +157,20 @@ def open_container_pty(rows: int, cols: int) -> tuple[int, int]:
     return master, slave
 
 
-def become_console(console_fd: int, rows: int, cols: int) -> None:
+def become_console(console_fd: int, rows: int, cols: int, *, bind_dev_console: bool = False) -> None:
     """In a container's init or exec'd process whose root is the container's: allocate the terminal there,
-    send its master over ``console_fd`` (closed here), and make the slave fds 0-2 and the controlling tty."""
+    send its master over ``console_fd`` (closed here), and make the slave fds 0-2 and the controlling tty.
+
+    ``bind_dev_console`` (a container's init, as runc does): the slave also appears as /dev/console, bound over
+    an empty file in the container's /dev (a tmpfs the engine just populated)."""
     master, slave = open_container_pty(rows, cols)
+    if bind_dev_console:
+        try:
+            _bind_dev_console(master)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
     try:
         with socket.socket(fileno=console_fd) as sock:
             socket.send_fds(sock, [b"pty"], [master])
@@ -173,6 +183,23 @@ def become_console(console_fd: int, rows: int, cols: int) -> None:
         os.dup2(slave, target, inheritable=True)
     os.close(slave)
     make_controlling(0)
+
+
+def _bind_dev_console(master: int) -> None:
+    from engine.runtime import syscalls
+
+    number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+    try:
+        dev = _open_dir_nofollow("/dev")
+        try:
+            fd = os.open("console", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o600,
+                         dir_fd=dev)
+            os.close(fd)
+        finally:
+            os.close(dev)
+        syscalls.mount(f"/dev/pts/{number}", "/dev/console", None, syscalls.MS_BIND)
+    except OSError as err:
+        raise RuntimeFailure(f"cannot bind the terminal at /dev/console: {err.strerror or err}") from err
 
 
 # --- the monitor's side -------------------------------------------------------------------------------------
