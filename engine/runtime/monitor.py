@@ -264,6 +264,7 @@ class Monitor(MonitorIO):
         if self.stdin_open:
             self.stdin_w = os.dup(self.master)
             os.set_blocking(self.stdin_w, False)
+            self._flush_stdin()  # what was typed while the container was starting
         return True
 
     def _start_failed(self, kind: str, message: str) -> None:
@@ -454,7 +455,9 @@ class Monitor(MonitorIO):
                 self.send(client, encode_frame({"eof": True}))
                 client.close_when_flushed = True
         elif op in ("stdin", "close_stdin"):
-            if self.stdin_w < 0 or self.stdin_closing:
+            # A terminal's master (and so its stdin) arrives with the start verdict: keep what comes before.
+            awaiting_terminal = self.terminal and self.stdin_open and self.status == "starting"
+            if (self.stdin_w < 0 and not awaiting_terminal) or self.stdin_closing:
                 if not req.get("quiet"):
                     self._reply(client, {"ok": False, "kind": "conflict", "message": "container stdin is not open"})
                 return

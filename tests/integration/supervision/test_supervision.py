@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ import pytest
 from engine.errors import CommandNotFound, Conflict, RuntimeFailure
 from engine.logs import log_file_path, read_logs
 from engine.runtime.helper import helper_pids
+from engine.runtime.plan import RunOptions, plan_container
 from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import LiveState, Supervisor
+from tests.support.gated_backend import gate_path
 from tests.support.wait import async_wait_until
 
 from .conftest import Bed, cgroup_dirs
@@ -74,6 +77,32 @@ async def test_monitors_are_the_helpers_children_but_not_taken_for_helpers(bed: 
     assert int(fields[1]) == helper  # forked once (its own session), reaped by the kernel when it ends
     assert int(fields[3]) == state.monitor_pid  # session id: a session leader
     await supervisor.stop(cdir, 0)
+
+
+async def test_stdin_typed_while_a_terminal_container_starts_reaches_it(bed: Bed) -> None:
+    sup = await Supervisor.open(bed.state, backend="tests.support.gated_backend:GatedBackend")
+    cid = uuid.uuid4().hex
+    cdir = bed.state / "containers" / cid
+    spec = plan_container(container_id=cid, image_config={"Cmd": ["cat"]}, options=RunOptions(tty=True,
+                          stdin_open=True), rootfs=bed.rootfs, root_mounts=[], bundle_dir=cdir,
+                          cgroup_parent=bed.cgroup_parent)
+    gate = gate_path(cid)
+    starting = asyncio.ensure_future(start(sup, cdir, spec, stdin_open=True))
+    try:
+        await async_wait_until(lambda: (cdir / "monitor.json").exists(), "the monitor to run")
+        await sup.write_stdin(cdir, b"typed early\n")  # the init has no terminal yet: kept, not refused
+        gate.touch()
+        await starting
+        await async_wait_until(lambda: any("typed early" in line for line in log_lines(cdir, spec)),
+                               "cat to echo what was typed before its terminal existed")
+    finally:
+        gate.touch()  # whatever happened, let the init go on, then stop it
+        with contextlib.suppress(Exception):
+            await starting
+        with contextlib.suppress(Exception):
+            await sup.stop(cdir, 0)
+        gate.unlink(missing_ok=True)
+        await sup.close()
 
 
 async def test_command_not_found_is_reported_and_cleaned_up(bed: Bed, supervisor: Supervisor) -> None:
