@@ -300,10 +300,7 @@ class ExecSessions:
             session.error_r = error_r
             pidns = os.open(f"/proc/{host.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
-            for fd in child_fds:
-                os.close(fd)
-            self._close_all(session)
-            self._reply(client, {"ok": False, "kind": "failed", "message": f"exec: {err.strerror or err}"})
+            self._refuse(client, session, child_fds, err)
             return
         from engine.runtime.syscalls import setns
 
@@ -316,10 +313,7 @@ class ExecSessions:
                     spec, request.to_dict(), init_pid=init_pid, cgroup=cgroup, stdin_fd=stdio[0], stdout_fd=stdio[1],
                     stderr_fd=stdio[2], error_fd=error_w, console_fd=console_fd))
         except OSError as err:
-            for fd in child_fds:
-                os.close(fd)
-            self._close_all(session)
-            self._reply(client, {"ok": False, "kind": "failed", "message": f"exec: {err.strerror or err}"})
+            self._refuse(client, session, child_fds, err)
             return
         finally:
             os.close(pidns)
@@ -559,6 +553,13 @@ class ExecSessions:
                     session.outputs.clear()
                     session.master = -1
                     self._close_stdin(session)
+
+    def _refuse(self, client: Any, session: _Exec, child_fds: list[int], err: OSError) -> None:
+        """The exec could not be set up: close what was opened for it and tell the client why."""
+        for fd in child_fds:
+            os.close(fd)
+        self._close_all(session)
+        self._reply(client, {"ok": False, "kind": "failed", "message": f"exec: {err.strerror or err}"})
 
     def _close_all(self, session: _Exec) -> None:
         for fd in [*session.outputs, session.error_r]:

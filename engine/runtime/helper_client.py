@@ -132,42 +132,35 @@ class HelperClient:
 
     async def helper_pid(self) -> int:
         """The pid of the state root's helper (started when none runs), once it answers."""
+        reply = await self._ask({"op": "ping"}, f"the monitor helper for {self.state_root} exited unexpectedly")
+        return int(reply["pid"])
+
+    async def spawn(self, container_dir: Path, backend_ref: str) -> int:
+        """Have the helper fork a monitor for ``container_dir`` driving ``backend_ref``; the monitor's pid."""
+        reply = await self._ask({"op": "spawn", "dir": str(container_dir), "backend": backend_ref},
+                                f"container {container_dir.name}: the monitor helper exited unexpectedly")
+        if not reply.get("ok"):
+            raise RuntimeFailure(f"container {container_dir.name}: starting its monitor failed: {reply.get('message')}")
+        return int(reply["pid"])
+
+    async def _ask(self, request: dict[str, Any], gone: str) -> dict[str, Any]:
+        """Send ``request`` to the helper (connecting, or starting one, first) and return its reply; a helper that
+        went away is a RuntimeFailure saying ``gone`` (the next call connects again, starting a new helper)."""
         async with self._helper_lock:
             if self._helper_conn is None:
                 await self._connect_helper()
             assert self._helper_conn is not None
             conn = self._helper_conn
             try:
-                await conn.send({"op": "ping"})
+                await conn.send(request)
                 frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
             except (ConnectionError, TimeoutError):
                 frame = None
             if frame is None:
                 conn.close()
                 self._helper_conn = None
-                raise RuntimeFailure(f"the monitor helper for {self.state_root} exited unexpectedly")
-        return int(frame[0]["pid"])
-
-    async def spawn(self, container_dir: Path, backend_ref: str) -> int:
-        """Have the helper fork a monitor for ``container_dir`` driving ``backend_ref``; the monitor's pid."""
-        async with self._helper_lock:
-            if self._helper_conn is None:
-                await self._connect_helper()
-            assert self._helper_conn is not None
-            conn = self._helper_conn
-            try:
-                await conn.send({"op": "spawn", "dir": str(container_dir), "backend": backend_ref})
-                frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
-            except (ConnectionError, TimeoutError):
-                frame = None
-            if frame is None:
-                conn.close()
-                self._helper_conn = None  # the next call connects again (starting a new helper if needed)
-                raise RuntimeFailure(f"container {container_dir.name}: the monitor helper exited unexpectedly")
-        reply = frame[0]
-        if not reply.get("ok"):
-            raise RuntimeFailure(f"container {container_dir.name}: starting its monitor failed: {reply.get('message')}")
-        return int(reply["pid"])
+                raise RuntimeFailure(gone)
+        return frame[0]
 
     async def _connect_helper(self) -> None:
         sock = await asyncio.to_thread(self._helper_socket)

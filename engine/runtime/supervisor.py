@@ -307,19 +307,8 @@ class Supervisor:
         session is already closed). CommandNotFound / CommandNotExecutable / Conflict (not running, paused) /
         InvalidArgument / RuntimeFailure otherwise."""
         name = container_dir.name
-        conn = await self._connect(container_dir)
-        if conn is None:
-            raise Conflict(f"container {name} is not running")
-        try:
-            await conn.send({"op": "exec", "exec": request.to_dict()})
-            frame = await conn.recv()
-            if frame is None:
-                raise Conflict(f"container {name} is not running")
-            _raise_for(name, frame[0])
-        except BaseException:
-            conn.close()
-            raise
-        session = ExecSession(conn, name, request.tty, str(frame[0]["exec_id"]), int(frame[0]["pid"]))
+        conn, reply = await self._open_stream(container_dir, {"op": "exec", "exec": request.to_dict()})
+        session = ExecSession(conn, name, request.tty, str(reply["exec_id"]), int(reply["pid"]))
         if request.detach:
             await session.close()
         return session
@@ -328,13 +317,19 @@ class Supervisor:
                      ) -> AttachSession:
         """Attach to the container's main process (see :class:`AttachSession`); ``size`` resizes its terminal.
         Conflict when no monitor runs for it."""
+        header: dict[str, Any] = {"op": "attach", "replay": replay}
+        if size is not None:
+            header.update(rows=size[0], cols=size[1])
+        conn, reply = await self._open_stream(container_dir, header)
+        return AttachSession(conn, container_dir.name, bool(reply.get("tty")), self, container_dir)
+
+    async def _open_stream(self, container_dir: Path, header: dict[str, Any]) -> tuple[_Connection, dict[str, Any]]:
+        """A connection to the monitor that has accepted ``header`` (an exec or attach), and its first reply;
+        Conflict when no monitor runs, the monitor's error otherwise (the connection closed then)."""
         name = container_dir.name
         conn = await self._connect(container_dir)
         if conn is None:
             raise Conflict(f"container {name} is not running")
-        header: dict[str, Any] = {"op": "attach", "replay": replay}
-        if size is not None:
-            header.update(rows=size[0], cols=size[1])
         try:
             await conn.send(header)
             frame = await conn.recv()
@@ -344,7 +339,7 @@ class Supervisor:
         except BaseException:
             conn.close()
             raise
-        return AttachSession(conn, name, bool(frame[0].get("tty")), self, container_dir)
+        return conn, frame[0]
 
     async def resize(self, container_dir: Path, rows: int, cols: int) -> None:
         """Resize the terminal of a ``-t`` container (Conflict when it has none or is not running)."""
