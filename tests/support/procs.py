@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["children", "parent_of", "state_of"]
+__all__ = ["alive", "children", "parent_of", "state_of"]
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -36,3 +36,8 @@ def state_of(pid: int) -> str:
     """``pid``'s state letter (R, S, T, Z...), "" when it is gone."""
     fields = _stat_fields(pid)
     return fields[0] if fields is not None else ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    return state_of(pid) not in ("", "Z", "X")

@@ -7,7 +7,6 @@ and checks that no mount leaked into the host's mount table.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import uuid
@@ -24,10 +23,10 @@ from engine.runtime.cgroups import CgroupManager, cgroup_manager, detect_cgroup_
 from engine.runtime.executor import run_spec_for_test
 from engine.runtime.plan import Bind, RunOptions, plan_container
 from engine.runtime.spec import RootMount, RuntimeSpec
+from tests.integration.runtime.common import PARENT, mount_table, remove_cgroups
 from tests.support.busybox import make_busybox_rootfs
 
 pytestmark = pytest.mark.root
-PARENT = "kitebox-test"
 
 
 @dataclass
@@ -47,10 +46,6 @@ class Ran:
 Runner = Callable[..., Ran]
 
 
-def _mounts() -> list[str]:
-    return sorted(" ".join(line.split()[3:5]) for line in Path("/proc/self/mountinfo").read_text().splitlines())
-
-
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     return make_busybox_rootfs(tmp_path / "rootfs")
@@ -58,7 +53,7 @@ def rootfs(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run(tmp_path: Path, rootfs: Path) -> Iterator[Runner]:
-    before = _mounts()
+    before = mount_table()
     managers: list[CgroupManager] = []
 
     def runner(script: str | None = None, *, argv: tuple[str, ...] | None = None, image: dict[str, Any] | None = None,
@@ -74,13 +69,8 @@ def run(tmp_path: Path, rootfs: Path) -> Iterator[Runner]:
         return Ran(code, out.decode(), err.decode(), spec, manager)
 
     yield runner
-    for manager in managers:
-        manager.destroy()
-    for base in Path("/sys/fs/cgroup").iterdir():
-        if (base / PARENT).is_dir():
-            with contextlib.suppress(OSError):  # another test's container may still use it
-                (base / PARENT).rmdir()
-    assert _mounts() == before
+    remove_cgroups(managers)
+    assert mount_table() == before
 
 
 def test_identity_and_namespaces(run: Runner) -> None:
@@ -245,7 +235,7 @@ def test_spec_change_no_mount_namespace_refused(run: Runner, tmp_path: Path) -> 
 
 
 def test_root_built_from_mounts_inside_the_namespace(run: Runner, tmp_path: Path, rootfs: Path) -> None:
-    before = _mounts()
+    before = mount_table()
     lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
     upper.mkdir()
     work.mkdir()
@@ -262,4 +252,4 @@ def test_root_built_from_mounts_inside_the_namespace(run: Runner, tmp_path: Path
         cgroup_manager(spec.cgroup).destroy()
     assert (code, out) == (0, b"hi\n"), err
     assert (upper / "new").read_text() == "hi\n" and not (lower / "new").exists()
-    assert _mounts() == before
+    assert mount_table() == before

@@ -7,7 +7,6 @@ capabilities show that the refusals come from the filter, not from the capabilit
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +17,10 @@ import pytest
 from engine.runtime.cgroups import CgroupManager, cgroup_manager
 from engine.runtime.executor import run_spec_for_test
 from engine.runtime.plan import RunOptions, plan_container
+from tests.integration.runtime.common import PARENT, mount_table, remove_cgroups
 from tests.support.busybox import make_busybox_rootfs
 
 pytestmark = pytest.mark.root
-PARENT = "kitebox-test"
 PROBE = ("grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; "
          "unshare -U true 2>&1; echo userns=$?; "
          "unshare -m true 2>&1; echo mountns=$?; "
@@ -30,14 +29,10 @@ PROBE = ("grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; "
 Runner = Callable[..., tuple[int, str, str]]
 
 
-def _mounts() -> list[str]:
-    return sorted(" ".join(line.split()[3:5]) for line in Path("/proc/self/mountinfo").read_text().splitlines())
-
-
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Runner]:
     rootfs = make_busybox_rootfs(tmp_path / "rootfs")
-    before = _mounts()
+    before = mount_table()
     managers: list[CgroupManager] = []
 
     def runner(script: str, **options: Any) -> tuple[int, str, str]:
@@ -51,13 +46,8 @@ def run(tmp_path: Path) -> Iterator[Runner]:
         return code, out.decode(), err.decode()
 
     yield runner
-    for manager in managers:
-        manager.destroy()
-    for base in Path("/sys/fs/cgroup").iterdir():
-        if (base / PARENT).is_dir():
-            with contextlib.suppress(OSError):  # another test's container may still use it
-                (base / PARENT).rmdir()
-    assert _mounts() == before
+    remove_cgroups(managers)
+    assert mount_table() == before
 
 
 def _results(out: str) -> dict[str, str]:

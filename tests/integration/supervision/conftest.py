@@ -19,6 +19,7 @@ from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import Supervisor
 from tests.support.busybox import make_busybox_rootfs
+from tests.support.procs import alive
 from tests.support.wait import wait_until
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,17 +53,9 @@ def monitor_pids(state: Path) -> list[int]:
     pids = []
     for info in state.glob("containers/*/monitor.json"):
         pid = (read_json(info) or {}).get("monitor_pid")
-        if isinstance(pid, int) and _alive(pid):
+        if isinstance(pid, int) and alive(pid):
             pids.append(pid)
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture

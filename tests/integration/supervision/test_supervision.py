@@ -27,6 +27,7 @@ from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import LiveState, Supervisor
 from tests.support.gated_backend import gate_path
+from tests.support.procs import alive
 from tests.support.wait import async_wait_until
 
 from .conftest import Bed, cgroup_dirs
@@ -45,14 +46,6 @@ async def start(sup: Supervisor, cdir: Path, spec: RuntimeSpec, *, policy: str =
 def log_lines(cdir: Path, spec: RuntimeSpec) -> list[str]:
     path = log_file_path(cdir, spec.id)
     return path.read_text().splitlines() if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_exit_code_and_output_are_recorded(bed: Bed, supervisor: Supervisor) -> None:
