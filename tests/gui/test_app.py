@@ -4,13 +4,12 @@ into the home tab. Screenshots of the main screens go to ``artifacts/`` (gitigno
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from app.gui.window import MainWindow
 from engine import Config, CreateOptions, RegistryConfig
 from tests.support.images import BuiltImage, busybox_image, push_image
 from tests.support.registry import RegistryServer
+from tests.support.wait import async_wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts"
@@ -39,13 +39,7 @@ CHATTY = (
 )
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0,
-                   detail: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
-        await asyncio.sleep(0.02)
+wait_for = functools.partial(async_wait_until, timeout=20.0)
 
 
 def screenshot(widget: QWidget, name: str) -> Path:

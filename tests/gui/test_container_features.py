@@ -5,8 +5,9 @@ paging (older lines come back from the log file when the in-memory buffer trimme
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,18 +26,13 @@ from app.gui.stats_panel import StatsPanel, engine_stats
 from engine import CreateOptions, Engine, InvalidArgument, StatsSample
 from tests.gui.fakes import FakeLog
 from tests.gui.test_models_and_flows import record as fake_record
+from tests.support.wait import async_wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts"
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0,
-                   detail: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
-        await asyncio.sleep(0.02)
+wait_for = functools.partial(async_wait_until, timeout=15.0)
 
 
 async def exec_output(engine: Engine, container: str, *cmd: str) -> tuple[int, bytes]:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,18 +15,14 @@ from app.gui.logbuffer import LogBuffer, time_ns_of
 from app.gui.logmodel import LogModel, compile_pattern
 from app.gui.logpanel import HISTORY_CHOICES, LogPanel
 from tests.gui.fakes import FakeLog, Line, stamp
+from tests.support.wait import async_wait_until
 
 
 def lines(texts: list[str], stream: str = "stdout") -> list[Line]:
     return [Line(stream, stamp(1_780_000_000_000_000_000 + i), t.encode() + b"\n") for i, t in enumerate(texts)]
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+wait_for = functools.partial(async_wait_until, timeout=5.0)
 
 
 # -- buffer -------------------------------------------------------------------------------------------------------

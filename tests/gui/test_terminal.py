@@ -5,7 +5,6 @@ terminal size reaching the program (``stty size``)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from app.gui.terminal_tabs import TerminalSession, TerminalTabs
 from app.gui.theme import log_colours
 from app.gui.vt import TerminalScreen, key_bytes, line_runs
 from engine import CreateOptions, Engine
+from tests.support.wait import async_wait_until as wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts"
@@ -28,13 +28,6 @@ _M = Qt.KeyboardModifier
 _K = Qt.Key
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0,
-                   detail: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
-        await asyncio.sleep(0.02)
 
 
 def feed(screen: TerminalScreen, data: bytes) -> None:
