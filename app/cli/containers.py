@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.cli.exec import env_items
 from app.cli.networks import add_run_flags, network_flags
 from app.cli.output import (
     SubCommands,
@@ -59,14 +60,7 @@ def _env_list(args: argparse.Namespace) -> tuple[str, ...]:
             line = line.strip()
             if line and not line.startswith("#"):
                 env.append(line if "=" in line else f"{line}={os.environ.get(line, '')}")
-    for item in args.env or []:
-        if not item or item.startswith("="):
-            raise InvalidArgument(f"invalid environment variable: {item!r}")
-        if "=" in item:
-            env.append(item)
-        elif item in os.environ:
-            env.append(f"{item}={os.environ[item]}")
-    return tuple(env)
+    return (*env, *env_items(args.env))
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:

@@ -226,7 +226,8 @@ def register(commands: SubCommands, container_group: SubCommands) -> None:
         p.set_defaults(handler=commit)
 
 
-def _env(items: list[str] | None) -> tuple[str, ...]:
+def env_items(items: list[str] | None) -> tuple[str, ...]:
+    """``-e K=V`` / ``-e K`` (taken from our environment when set, left out otherwise), Docker's rules."""
     env = []
     for item in items or []:
         if not item or item.startswith("="):
@@ -243,7 +244,7 @@ async def exec_command(engine: Engine, args: argparse.Namespace) -> int:
         raise InvalidArgument("exec: requires at least 2 arguments: a container and a command")
     tty_wanted = args.tty and not args.detach
     session = await engine.containers.exec(
-        args.container, args.command, user=args.user, workdir=args.workdir, env=_env(args.env), tty=tty_wanted,
+        args.container, args.command, user=args.user, workdir=args.workdir, env=env_items(args.env), tty=tty_wanted,
         stdin=args.interactive and not args.detach, privileged=args.privileged, detach=args.detach,
         size=terminal_size() if tty_wanted else None)
     if args.detach:
