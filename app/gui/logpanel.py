@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.aio import cancel_and_wait
 from app.gui.ansi import strip_ansi
 from app.gui.logbuffer import LogLine, time_ns_of
 from app.gui.logmodel import LogModel, compile_pattern
@@ -167,10 +168,7 @@ class LogFeed(QObject):
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self, tail: int | None, since: float | None, *, skip_until: tuple[int, int]) -> None:
         from engine import KiteboxError

@@ -18,6 +18,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QHideEvent, QPainter, QPainterPath, QPaintEvent, QPalette, QPen, QShowEvent
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
+from app.gui.aio import cancel_and_wait
 from app.gui.images_page import human_size
 from app.gui.theme import ACCENT
 from engine import Engine, KiteboxError, StatsSample
@@ -169,10 +170,7 @@ class StatsPanel(QWidget):
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

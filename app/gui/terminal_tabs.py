@@ -11,13 +11,13 @@ writer task (a size is sent once it settles: only the latest pending size is sen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Final
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QLabel, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout, QWidget
 
+from app.gui.aio import cancel_and_wait
 from app.gui.qtfix import emit
 from app.gui.terminal import TerminalView
 from app.gui.theme import icon
@@ -96,9 +96,7 @@ class TerminalSession(QObject):
         except KiteboxError as err:
             message = f"[session ended: {err}]"
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await cancel_and_wait(writer)
             await session.close()
         self._finish(message)
 
@@ -132,10 +130,7 @@ class TerminalSession(QObject):
     async def aclose(self) -> None:
         """End the shell (its terminal is hung up) and wait for the reader."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self.session is not None:
             await self.session.close()
 
