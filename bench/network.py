@@ -18,19 +18,18 @@ import asyncio
 import ipaddress
 import secrets
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.network import NetworkManager, PortBinding
-from engine.network.bridge import KernelBridge
 from engine.network.netlink import Netlink
 from engine.runtime.cgroups import cgroup_manager
 from engine.runtime.executor import run_spec_for_test
 from engine.runtime.plan import RunOptions, plan_container
 from tests.support.busybox import make_busybox_rootfs
+from tests.support.networks import tear_down
 
 
 def _subnet() -> str:
@@ -103,13 +102,7 @@ def main() -> None:
             _report("run true, --network none (executor)", _timed(runs, container("none")))
             _report("run true, bridge (prepare+executor+release)", _timed(runs, container("bridge")))
         finally:
-            manager._repair(set())
-            driver = KernelBridge()
-            for record in manager.store.read().networks.values():
-                driver.remove_bridge(record.bridge)
-            driver.close()
-            subprocess.run(["nft", "delete", "table", "ip", tag], capture_output=True, check=False)
-            manager.close()
+            tear_down(manager, tag)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ mount, nftables table or lease is left.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import secrets
@@ -26,7 +25,6 @@ import pytest
 
 from engine.errors import Conflict
 from engine.network import NetworkAttachment, NetworkManager, PortBinding
-from engine.network.bridge import KernelBridge
 from engine.network.manager import veth_name
 from engine.network.netlink import Netlink
 from engine.runtime.cgroups import cgroup_manager
@@ -34,6 +32,7 @@ from engine.runtime.executor import run_spec_for_test
 from engine.runtime.plan import RunOptions, plan_container
 from engine.runtime.spec import RuntimeSpec
 from tests.support.busybox import make_busybox_rootfs
+from tests.support.networks import tear_down
 
 pytestmark = pytest.mark.root
 PARENT = "kitebox-test"
@@ -110,14 +109,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         yield Net(manager, tag, root, rootfs, f"10.213.{third}.0/24")
         assert manager.store.read().endpoints == {}, "a test left an attachment"
     finally:
-        with contextlib.suppress(Exception):
-            manager._repair(set())
-        driver = KernelBridge()
-        for record in manager.store.read().networks.values():
-            driver.remove_bridge(record.bridge)
-        driver.close()
-        subprocess.run(["nft", "delete", "table", "ip", tag], capture_output=True, check=False)
-        manager.close()
+        tear_down(manager, tag)
         veths = {veth_name(cid, i) for cid in manager.seen for i in range(3)}
         assert _leftovers(tag, root, veths) == []
 
