@@ -152,18 +152,8 @@ def _report(error_fd: int, kind: str, message: str) -> None:
 def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, stdin_fd: int, stdout_fd: int,
           stderr_fd: int, error_fd: int, console_fd: int) -> NoReturn:
     from engine.runtime import syscalls
-    from engine.runtime.caps import ALL_CAPS, PR_SET_KEEPCAPS, apply_capabilities, drop_bounding, last_cap
-    from engine.runtime.executor import (
-        PR_SET_NO_NEW_PRIVS,
-        PR_SET_PDEATHSIG,
-        ContainerStartError,
-        _enter_workdir,
-        _exec_error,
-        _intersect,
-        _lookup,
-        _setup_stdio,
-        _split_env,
-    )
+    from engine.runtime.caps import ALL_CAPS
+    from engine.runtime.executor import ContainerStartError, _setup_stdio, become_and_exec
     from engine.runtime.plan import _merge_env
     from engine.runtime.spec import CapabilitySet
 
@@ -198,36 +188,15 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
     if request.tty and not any(e.startswith("TERM=") for e in base):
         base.append("TERM=xterm")
     env = _merge_env(base, request.env)
-    syscalls.close_range(3, error_fd - 1)
-    syscalls.close_range(error_fd + 1, 0xFFFFFFFF)
-    if process.no_new_privileges:
-        syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp_program is not None and not process.no_new_privileges:
-        seccomp.load_filter(seccomp_program)  # needs CAP_SYS_ADMIN without no_new_privs: before the caps change
-    caps = process.capabilities
-    if request.privileged:
-        caps = CapabilitySet(ALL_CAPS, ALL_CAPS, ALL_CAPS)
-    else:
-        drop_bounding(caps, last_cap())
-    syscalls.prctl(PR_SET_KEEPCAPS, 1)
-    gids = process.additional_gids if request.additional_gids is None else request.additional_gids
-    os.setgroups(list(gids))
-    os.setgid(process.gid if request.gid is None else request.gid)
-    os.setuid(process.uid if request.uid is None else request.uid)
-    syscalls.prctl(PR_SET_KEEPCAPS, 0)
-    if request.privileged or spec.privileged:
-        _, held, _ = syscalls.capget()
-        caps = _intersect(caps, held)
-    apply_capabilities(caps)
-    _enter_workdir(request.cwd or process.cwd)
-    syscalls.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    path = _lookup(request.args[0], env)
-    if seccomp_program is not None and process.no_new_privileges:
-        seccomp.load_filter(seccomp_program)  # with no_new_privs: as late as possible, right before exec (runc)
-    try:
-        os.execve(path, list(request.args), dict(_split_env(env)))
-    except OSError as err:
-        raise _exec_error(request.args[0], err) from err
+    privileged = bool(request.privileged)
+    become_and_exec(
+        error_fd=error_fd, no_new_privileges=process.no_new_privileges, seccomp_program=seccomp_program,
+        caps=CapabilitySet(ALL_CAPS, ALL_CAPS, ALL_CAPS) if privileged else process.capabilities,
+        drop_bounding_set=not privileged,
+        groups=process.additional_gids if request.additional_gids is None else request.additional_gids,
+        gid=process.gid if request.gid is None else request.gid,
+        uid=process.uid if request.uid is None else request.uid,
+        clamp_to_held=privileged or spec.privileged, cwd=request.cwd or process.cwd, args=request.args, env=env)
 
 
 # --- the monitor's side ------------------------------------------------------------------------------------------

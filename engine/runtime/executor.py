@@ -191,36 +191,47 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
     if process.oom_score_adj is not None:
         Path("/proc/self/oom_score_adj").write_text(str(process.oom_score_adj))
     _make_workdir(process.cwd)
+    become_and_exec(error_fd=error_fd, no_new_privileges=process.no_new_privileges, seccomp_program=seccomp_program,
+                    caps=process.capabilities, drop_bounding_set=True, groups=process.additional_gids,
+                    gid=process.gid, uid=process.uid, clamp_to_held=spec.privileged, cwd=process.cwd,
+                    args=process.args, env=process.env)
+
+
+def become_and_exec(*, error_fd: int, no_new_privileges: bool, seccomp_program: bytes | None, caps: CapabilitySet,
+                    drop_bounding_set: bool, groups: Sequence[int], gid: int, uid: int, clamp_to_held: bool,
+                    cwd: str, args: Sequence[str], env: Sequence[str]) -> NoReturn:
+    """The last steps of a container's init or exec'd process, in runc's order: close every fd but 0-2 and the
+    error pipe; no_new_privs; the seccomp filter (before the capabilities go when it needs CAP_SYS_ADMIN,
+    i.e. without no_new_privs); the bounding set (``drop_bounding_set``, before setuid: needs CAP_SETPCAP);
+    groups, gid, uid keeping the capabilities; the capabilities (``clamp_to_held``: "every capability" means
+    every one the engine itself holds); the working directory; the parent-death signal (cleared by any
+    credential change, so only now: the monitor dying then kills the process); exec."""
     syscalls.close_range(3, error_fd - 1)
     syscalls.close_range(error_fd + 1, 0xFFFFFFFF)
-
-    if process.no_new_privileges:
+    if no_new_privileges:
         syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp_program is not None and not process.no_new_privileges:
-        # Seccomp without no_new_privs needs CAP_SYS_ADMIN: load it before the capabilities go (runc's order).
+    if seccomp_program is not None and not no_new_privileges:
         seccomp.load_filter(seccomp_program)
-    drop_bounding(process.capabilities, last_cap())  # before setuid: needs CAP_SETPCAP
+    if drop_bounding_set:
+        drop_bounding(caps, last_cap())
     syscalls.prctl(PR_SET_KEEPCAPS, 1)
-    os.setgroups(list(process.additional_gids))
-    os.setgid(process.gid)
-    os.setuid(process.uid)
+    os.setgroups(list(groups))
+    os.setgid(gid)
+    os.setuid(uid)
     syscalls.prctl(PR_SET_KEEPCAPS, 0)
-    caps = process.capabilities
-    if spec.privileged:  # "every capability" means every one the engine itself holds
+    if clamp_to_held:
         _, held, _ = syscalls.capget()
         caps = _intersect(caps, held)
     apply_capabilities(caps)
-    _enter_workdir(process.cwd)
-    # Cleared by any credential change, so only now; the monitor dying then kills the container.
+    _enter_workdir(cwd)
     syscalls.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    env = list(process.env)
-    path = _lookup(process.args[0], env)
-    if seccomp_program is not None and process.no_new_privileges:
+    path = _lookup(args[0], env)
+    if seccomp_program is not None and no_new_privileges:
         seccomp.load_filter(seccomp_program)  # with no_new_privs: as late as possible, right before exec (runc)
     try:
-        os.execve(path, list(process.args), dict(_split_env(env)))
+        os.execve(path, list(args), dict(_split_env(env)))
     except OSError as err:
-        raise _exec_error(process.args[0], err) from err
+        raise _exec_error(args[0], err) from err
 
 
 def _loopback_up() -> None:
