@@ -24,8 +24,8 @@ class CgroupLike(Protocol):
     @property
     def layout(self) -> Any: ...  # the host's CgroupLayout, handed to the init the monitor forks
     def create(self, spec: Any) -> None: ...
+    def fork(self) -> int: ...
     def join_self(self) -> None: ...
-    def add_process(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
     def kill_all(self, sig: int = ...) -> None: ...
     def freeze(self) -> None: ...
@@ -44,8 +44,7 @@ class Backend(Protocol):
     # ``console_fd`` (``-t``): the socket on which the child sends the master of the terminal it allocates in
     # the container's /dev/pts (see engine.runtime.pty); -1 without a terminal.
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None,
-                           cgroup_ready_fd: int = -1) -> NoReturn: ...
+                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn: ...
     def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,
                  stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int = -1) -> NoReturn: ...
 
@@ -95,12 +94,11 @@ class RealBackend:
         new_pid_namespace()
 
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None,
-                           cgroup_ready_fd: int = -1) -> NoReturn:
+                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn:
         from engine.runtime.executor import run_container_init
 
         run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, error_fd=error_fd,
-                           console_fd=console_fd, cgroup=cgroup, cgroup_ready_fd=cgroup_ready_fd)
+                           console_fd=console_fd, cgroup=cgroup)
         os._exit(125)  # run_container_init never returns; this only satisfies NoReturn
 
     def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,

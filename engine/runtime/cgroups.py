@@ -11,10 +11,14 @@ engine's own cgroup, because v2 forbids processes in a cgroup whose children hav
   container could mknod the host's disks).
 * hybrid: the v1 layout plus a directory in the unified (v2) hierarchy, as runc does; limits live in v1.
 
-Creating is idempotent. A monitor creates the cgroup and moves its freshly forked container init into it with
-:meth:`~CgroupManager.add_process` (the executor's standalone runner creates and joins from the child instead,
-:meth:`~CgroupManager.join_self`). Each manager carries the host's :class:`CgroupLayout`, detected once when it
-is made, so a forked child mounting the container's cgroups does not parse mountinfo again.
+Creating is idempotent. A monitor creates the cgroup, forks the container's init (or an exec'd process) with
+:meth:`~CgroupManager.fork` and the child joins first thing with :meth:`~CgroupManager.join_self`. Both are built
+to avoid the kernel's global ``cgroup_threadgroup_rwsem`` write lock, whose every first taking waits for an RCU
+grace period (5-30 ms here, the largest single cost of a container start when it was a ``cgroup.procs`` write):
+the child is born in the v2 cgroup (clone3 ``CLONE_INTO_CGROUP``), and joins each v1 hierarchy by writing ``0``
+to ``tasks``, which moves the calling thread -- the whole process, as the child is single-threaded -- without
+that lock. Each manager carries the host's :class:`CgroupLayout`, detected once when it is made, so a forked
+child mounting the container's cgroups does not parse mountinfo again.
 Kernel errors become :class:`~engine.errors.KernelError` naming the cgroup file.
 """
 
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import signal
 import time
@@ -114,8 +117,8 @@ class CgroupManager(Protocol):
     @property
     def layout(self) -> CgroupLayout: ...
     def create(self, spec: CgroupSpec) -> None: ...
+    def fork(self) -> int: ...
     def join_self(self) -> None: ...
-    def add_process(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
     def freeze(self) -> None: ...
     def thaw(self) -> None: ...
@@ -183,6 +186,23 @@ def _remove(directory: Path) -> None:
     _wait_for(gone, f"cgroup {directory} to empty")
 
 
+def _fork_into(directory: Path | None) -> tuple[int, bool]:
+    """``os.fork()``, the child born in the v2 cgroup ``directory`` when the kernel can do it: (pid, born)."""
+    if directory is not None:
+        try:
+            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1  # the child's join_self reports what is wrong with it
+        if fd >= 0:
+            try:
+                return syscalls.fork_into_cgroup(fd), True
+            except OSError:
+                pass  # no clone3 / CLONE_INTO_CGROUP here, or refused: the child joins by writing cgroup.procs
+            finally:
+                os.close(fd)
+    return os.fork(), False
+
+
 def _mkdir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -196,6 +216,7 @@ class V2Manager:
     def __init__(self, spec: CgroupSpec, root: Path = Path("/sys/fs/cgroup")) -> None:
         self.root = root
         self.dir = root / _check_path(spec)
+        self.born = False  # in a child of fork(): it was born in the cgroup
 
     def create(self, spec: CgroupSpec) -> None:
         wanted = {"memory", "cpu", "pids"}
@@ -225,11 +246,16 @@ class V2Manager:
     def layout(self) -> CgroupLayout:
         return CgroupLayout("v2")
 
-    def join_self(self) -> None:
-        _write(self.dir / "cgroup.procs", "0")
+    def fork(self) -> int:
+        """``os.fork()`` for a child that then calls :meth:`join_self`; born in the cgroup when possible."""
+        pid, born = _fork_into(self.dir)
+        if pid == 0:
+            self.born = born
+        return pid
 
-    def add_process(self, pid: int) -> None:
-        _write(self.dir / "cgroup.procs", str(pid))
+    def join_self(self) -> None:
+        if not self.born:
+            _write(self.dir / "cgroup.procs", "0")
 
     def pids(self) -> list[int]:
         return _procs(self.dir)
@@ -264,6 +290,7 @@ class V1Manager:
         self.hierarchies = v1_hierarchies(root) if hierarchies is None else hierarchies
         self.dirs = {name: root / name / rel for name in sorted(self.hierarchies)}
         self.unified = root / "unified" / rel if hybrid else None
+        self.born = False  # in a child of fork(): it was born in the unified cgroup
 
     def _dir(self, controller: str) -> Path | None:
         for name, data in self.hierarchies.items():
@@ -317,12 +344,20 @@ class V1Manager:
     def layout(self) -> CgroupLayout:
         return CgroupLayout("hybrid" if self.unified else "v1", dict(self.hierarchies))
 
-    def join_self(self) -> None:
-        self.add_process(0)
+    def fork(self) -> int:
+        """``os.fork()`` for a child that then calls :meth:`join_self`; born in the unified cgroup when possible."""
+        pid, born = _fork_into(self.unified)
+        if pid == 0:
+            self.born = born
+        return pid
 
-    def add_process(self, pid: int) -> None:
-        for directory in self._all_dirs():
-            _write(directory / "cgroup.procs", str(pid))
+    def join_self(self) -> None:
+        """Move the calling process in; it must be single-threaded (a freshly forked child): see the module
+        docstring for why v1 hierarchies are joined through ``tasks``."""
+        for directory in self.dirs.values():
+            _write(directory / "tasks", "0")
+        if self.unified is not None and not self.born:
+            _write(self.unified / "cgroup.procs", "0")
 
     def pids(self) -> list[int]:
         directory = self._dir("pids") or self._dir("memory") or next(iter(self.dirs.values()), None)
@@ -362,48 +397,34 @@ class V1Manager:
 
 
 class CgroupEntry:
-    """How a container's init enters its cgroups, then its cgroup namespace (whose root is the cgroup the process
-    is in when it unshares it, so the move must come first).
+    """How a container's init enters its cgroups -- first thing, so all it does is counted against and limited by
+    them -- and later its cgroup namespace (whose root is the cgroup the process is in when it unshares it, so
+    the move must come first).
 
-    With ``manager`` and ``ready_fd`` the parent has created the cgroups and moves the init in with
-    :meth:`~CgroupManager.add_process` while the init builds its mounts, then writes one byte on ``ready_fd``;
-    :meth:`enter` waits for it. The first cgroup.procs write waits for an RCU grace period (~10 ms on v1), so
-    overlapping it with the mount work takes it off the critical path; isolation is the same, because the init
-    runs only the engine's code, never forks, and waits in :meth:`enter` (before the cgroup namespace, before
-    exec). Without them (the standalone runner) the init creates the cgroups and joins them itself at once.
+    With ``manager`` the parent (the monitor) has created the cgroups and forked this process with
+    :meth:`~CgroupManager.fork`; without (the standalone runner) the init creates them here. Either way the init
+    joins them itself with :meth:`~CgroupManager.join_self`, which takes no global lock (see the module
+    docstring).
     """
 
-    def __init__(self, spec: CgroupSpec, manager: CgroupManager | None = None, ready_fd: int = -1, *,
-                 namespace: bool = True) -> None:
+    def __init__(self, spec: CgroupSpec, manager: CgroupManager | None = None, *, namespace: bool = True) -> None:
         self.namespace = namespace
         self.entered = False
-        self.ready_fd = ready_fd
-        if 0 <= ready_fd < 3:  # the init's stdio goes on 0-2
-            self.ready_fd = fcntl.fcntl(ready_fd, fcntl.F_DUPFD_CLOEXEC, 3)
         if manager is None:
             self.layout = host_layout()
             if spec.path:
                 manager = cgroup_manager(spec, layout=self.layout)
                 manager.create(spec)
-                manager.join_self()
         else:
             self.layout = manager.layout
-            if ready_fd < 0:
-                raise InvalidArgument("a cgroup created by the parent needs a ready fd")
+        if manager is not None:
+            manager.join_self()
 
     def enter(self) -> None:
-        """Wait until the parent has moved us into the cgroups (if it does), then unshare the cgroup namespace.
-        Idempotent. KernelError when the parent gave up (EOF: it failed to set up the cgroups, or died)."""
+        """Unshare the cgroup namespace (once; later calls do nothing)."""
         if self.entered:
             return
         self.entered = True
-        if self.ready_fd >= 0:
-            try:
-                ready = os.read(self.ready_fd, 1)
-            finally:
-                os.close(self.ready_fd)
-            if not ready:
-                raise KernelError("the container's cgroup was not set up (its monitor gave up)")
         if self.namespace:
             syscalls.unshare(syscalls.CLONE_NEWCGROUP)
 
@@ -455,13 +476,12 @@ class FakeCgroupManager:
         self.calls.append(("create", spec))
         self.exists = True
 
+    def fork(self) -> int:
+        return os.fork()
+
     def join_self(self) -> None:
         self.calls.append(("join_self",))
         self.members.append(os.getpid())
-
-    def add_process(self, pid: int) -> None:
-        self.calls.append(("add_process", pid))
-        self.members.append(pid)
 
     def pids(self) -> list[int]:
         return list(self.members)

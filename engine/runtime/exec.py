@@ -276,7 +276,7 @@ class ExecSessions:
         init_pid, cgroup, spec = host.pid, host.cgroup, host.spec
         try:
             setns(pidns, _CLONE_NEWPID)
-            pid = os.fork()
+            pid = cgroup.fork()
             if pid == 0:
                 child_guard(error_w, lambda: host.backend.run_exec(
                     spec, request.to_dict(), init_pid=init_pid, cgroup=cgroup, stdin_fd=stdio[0], stdout_fd=stdio[1],

@@ -6,8 +6,8 @@ container's own binary (so ``/proc/self/exe`` is the container's, never a host i
 or writes one JSON line ``{"kind": "not_found"|"not_executable"|"failed", "message": ...}`` to ``error_fd`` and
 exits 127/126/125. ``error_fd`` is close-on-exec, so the monitor reading EOF on it means the exec succeeded.
 
-Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup (or let the monitor move us in
-meanwhile: :class:`~engine.runtime.cgroups.CgroupEntry`); unshare namespaces (``lo`` up in a new network namespace)
+Order (runc's, ``rootfs_linux.go`` / ``standard_init_linux.go``): join the cgroup
+(:class:`~engine.runtime.cgroups.CgroupEntry`); unshare namespaces (``lo`` up in a new network namespace)
 or join ``spec.netns_path`` (a namespace prepared by :mod:`engine.network`), the cgroup namespace only once in the
 cgroup, right before the first cgroup mount; make every mount a slave so nothing propagates back to the host; build
 the root; perform ``spec.mounts`` with destinations resolved *inside* the root (openat2 ``RESOLVE_IN_ROOT``, mount
@@ -98,19 +98,19 @@ def _report(error_fd: int, kind: str, message: str) -> None:
 
 
 def run_container_init(spec: RuntimeSpec, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                       error_fd: int, console_fd: int = -1, cgroup: CgroupManager | None = None,
-                       cgroup_ready_fd: int = -1) -> NoReturn:
+                       error_fd: int, console_fd: int = -1, cgroup: CgroupManager | None = None) -> NoReturn:
     """Set up the container described by ``spec`` in this (forked) process and exec its command.
 
     Never returns and never raises: any failure is reported on ``error_fd`` and ends the process. With a
     ``console_fd`` (``-t``) the terminal is allocated in the container's /dev/pts (:mod:`engine.runtime.pty`).
-    With ``cgroup`` the caller creates the container's cgroup and moves this process into it, then writes a
-    byte on ``cgroup_ready_fd`` (see :class:`~engine.runtime.cgroups.CgroupEntry`); without, the init does both.
+    With ``cgroup`` the caller has created the container's cgroup and forked this process with its
+    :meth:`~engine.runtime.cgroups.CgroupManager.fork`; without, the init creates it. The init joins it first
+    thing (see :class:`~engine.runtime.cgroups.CgroupEntry`).
     """
     try:
         os.set_inheritable(error_fd, False)
         _init(spec, stdin_fd, stdout_fd, stderr_fd, error_fd, console_fd,
-              CgroupEntry(spec.cgroup, cgroup, cgroup_ready_fd, namespace="cgroup" in spec.namespaces))
+              CgroupEntry(spec.cgroup, cgroup, namespace="cgroup" in spec.namespaces))
     except ContainerStartError as err:
         _report(error_fd, err.kind, str(err))
         os._exit(_EXIT[err.kind])

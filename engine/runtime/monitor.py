@@ -154,11 +154,13 @@ class Monitor(MonitorIO):
         return in_r, out_w, err_w, -1, [in_r, out_w, err_w]
 
     def start_container(self) -> None:
-        """Fork the container's init; the outcome arrives on the error pipe (:meth:`_on_error_pipe`)."""
+        """Create the cgroup and fork the container's init into it; the outcome arrives on the error pipe
+        (:meth:`_on_error_pipe`)."""
         self.start_seq += 1
         self.start_error = None
         try:
-            self.cgroup = self.backend.cgroup(self.spec)  # created once the init is forked: _place_in_cgroup
+            self.cgroup = self.backend.cgroup(self.spec)
+            self.cgroup.create(self.spec.cgroup)
             stdin_fd, stdout_fd, stderr_fd, console_fd, child_fds = self._make_stdio()
             if "pid" in getattr(self.spec, "namespaces", ("pid",)):
                 from engine.runtime.syscalls import setns
@@ -166,46 +168,31 @@ class Monitor(MonitorIO):
                 setns(self.own_pidns, _CLONE_NEWPID)  # a restart needs a fresh namespace again
                 self.backend.new_pid_namespace()
         except Exception as err:
+            if self.cgroup is not None:
+                with contextlib.suppress(Exception):
+                    self.cgroup.destroy()  # what the create got done
             self._start_failed("failed", str(err) or type(err).__name__)
             return
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         self.error_buf = bytearray()
-        pid = os.fork()
+        pid = self.cgroup.fork()
         if pid == 0:
-            os.close(ready_w)
-            self._child(stdin_fd, stdout_fd, stderr_fd, error_w, console_fd, ready_r)
-        for fd in (*child_fds, error_w, ready_r):
+            self._child(stdin_fd, stdout_fd, stderr_fd, error_w, console_fd)
+        for fd in (*child_fds, error_w):
             os.close(fd)
         self.pid = pid
         self.error_r = error_r
         self.status = "starting"
         self.started_mono = time.monotonic()
         self.sel.register(error_r, selectors.EVENT_READ, "error")
-        self._place_in_cgroup(pid, ready_w)
 
-    def _place_in_cgroup(self, pid: int, ready_w: int) -> None:
-        """Create the cgroup and move the forked init into it while the init builds its mounts (it waits for the
-        byte on ``ready_w`` before its cgroup namespace and exec: :class:`engine.runtime.cgroups.CgroupEntry`).
-        On failure the init is killed and the start fails with the cgroup's error."""
-        assert self.cgroup is not None
-        try:
-            self.cgroup.create(self.spec.cgroup)
-            self.cgroup.add_process(pid)
-            os.write(ready_w, b"\0")
-        except Exception as err:
-            self.start_error = {"kind": "failed", "message": str(err) or type(err).__name__}
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        finally:
-            os.close(ready_w)
+    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int) -> None:
+        cgroup = self.cgroup
 
-    def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int,
-               ready_fd: int) -> None:
         def become_init() -> Any:
             self.backend.run_container_init(self.spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
                                             stderr_fd=stderr_fd, error_fd=error_fd, console_fd=console_fd,
-                                            cgroup=self.cgroup, cgroup_ready_fd=ready_fd)
+                                            cgroup=cgroup)
 
         child_guard(error_fd, become_init)
 
@@ -232,8 +219,6 @@ class Monitor(MonitorIO):
                 kind, message = "failed", bytes(data).decode(errors="replace").strip()[:500]
             self.start_error = {"kind": kind, "message": message}
             return  # the child _exits; the exit path records it
-        if self.start_error is not None:
-            return  # _place_in_cgroup failed and killed the init; the exit path records it
         if self.console is not None and not self._take_master():
             return  # killed; the exit path records the failure
         self.status = "running"

@@ -48,6 +48,7 @@ __all__ = [
     "capget",
     "capset",
     "close_range",
+    "fork_into_cgroup",
     "mount",
     "openat2",
     "pivot_root",
@@ -77,8 +78,9 @@ TMPFS_MAGIC: Final = 0x01021994
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
 _SYSCALLS: Final[dict[str, dict[str, int]]] = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "openat2": 437, "close_range": 436},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "openat2": 437, "close_range": 436},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "openat2": 437, "close_range": 436,
+               "clone3": 435},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "openat2": 437, "close_range": 436, "clone3": 435},
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -88,6 +90,11 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+# The same C library through a PyDLL, whose calls keep holding the GIL: a process cloned by a raw syscall must
+# come back to Python holding it, as os.fork's child does (see fork_into_cgroup).
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+_python = ctypes.pythonapi
 
 
 def _nr(name: str) -> int:
@@ -205,3 +212,38 @@ def statfs_magic(path: str) -> int:
     buf = _Statfs()
     _check(_libc.statfs(_b(path), ctypes.byref(buf)), "statfs", path)
     return int(buf.f_type) & 0xFFFFFFFF
+
+
+_CLONE_INTO_CGROUP: Final = 0x200000000
+_SIGCHLD: Final = 17
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = tuple((name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls", "set_tid",
+        "set_tid_size", "cgroup"))
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """fork(2) whose child is born in the cgroup v2 directory open at ``cgroup_fd`` (clone3 with
+    CLONE_INTO_CGROUP, Linux 5.7): 0 in the child, the child's pid in the parent.
+
+    Why: moving a process by writing cgroup.procs takes the kernel's global cgroup_threadgroup_rwsem for writing,
+    which first waits for an RCU grace period (5-30 ms on a small VM); being born in the cgroup only takes it for
+    reading, like any fork. The interpreter's own fork bookkeeping (import lock, at-fork hooks, the GIL and
+    thread states in the child) is done exactly as ``os.fork`` does it, around a raw clone3 -- so, like any fork
+    of a Python process, call it only from a single-threaded one. OSError (ENOSYS on kernels or sandboxes without
+    clone3, E2BIG/EINVAL without CLONE_INTO_CGROUP, EBADF/EACCES/EBUSY for a cgroup that cannot be entered)
+    when no child was made: the caller forks normally and moves the child in.
+    """
+    args = _CloneArgs(flags=_CLONE_INTO_CGROUP, exit_signal=_SIGCHLD, cgroup=cgroup_fd)
+    _python.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(ctypes.c_long(_nr("clone3")), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        _python.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _python.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return int(pid)

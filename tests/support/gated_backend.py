@@ -24,12 +24,11 @@ def gate_path(container_id: str) -> Path:
 
 class GatedBackend(RealBackend):
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int,
-                           console_fd: int = -1, cgroup: CgroupLike | None = None,
-                           cgroup_ready_fd: int = -1) -> NoReturn:
+                           console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn:
         gate = gate_path(spec.id)
         deadline = time.monotonic() + _WAIT_SECONDS
         while not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.01)  # a stand-in runtime, polling for the test's go-ahead
         super().run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd,
                                    error_fd=error_fd, console_fd=console_fd, cgroup=cgroup,
-                                   cgroup_ready_fd=cgroup_ready_fd)
+                                   )

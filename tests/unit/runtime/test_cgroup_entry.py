@@ -1,5 +1,6 @@
-"""How a container's init enters its cgroups: the layout handed down by the monitor, the parent's move of the
-init (``add_process``) and the ready byte the init waits for before its cgroup namespace."""
+"""How a container's init (or an exec'd process) enters its cgroups: the fork that is born in the v2 cgroup when
+it can be, and the joins that take no global lock (``tasks`` for v1, ``cgroup.procs`` only for a v2 cgroup the
+child was not born in), against directory trees standing in for cgroupfs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidArgument, KernelError
 from engine.runtime.cgroups import CgroupEntry, CgroupLayout, FakeCgroupManager, V1Manager, V2Manager, cgroup_manager
 from engine.runtime.spec import CgroupSpec
 
@@ -21,25 +21,64 @@ def _v1_tree(root: Path, *, hybrid: bool) -> None:
         leaf = root / name / "kitebox" / "c1"
         leaf.mkdir(parents=True)
         (leaf / "cgroup.procs").write_text("")
+        (leaf / "tasks").write_text("")
 
 
-def test_v1_add_process_writes_the_pid_in_every_hierarchy(tmp_path: Path) -> None:
+def _written(root: Path, name: str) -> tuple[str, str]:
+    leaf = root / name / "kitebox" / "c1"
+    return (leaf / "tasks").read_text(), (leaf / "cgroup.procs").read_text()
+
+
+def test_v1_join_moves_the_thread_through_tasks_in_every_hierarchy(tmp_path: Path) -> None:
     _v1_tree(tmp_path, hybrid=True)
     manager = V1Manager(SPEC, tmp_path, hybrid=True, hierarchies=HIERARCHIES)
-    manager.add_process(4321)
-    for name in [*HIERARCHIES, "unified"]:
-        assert (tmp_path / name / "kitebox" / "c1" / "cgroup.procs").read_text() == "4321"
+    manager.join_self()
+    for name in HIERARCHIES:
+        assert _written(tmp_path, name) == ("0", "")  # never cgroup.procs: that takes the global lock
+    assert _written(tmp_path, "unified") == ("", "0")  # v2 has no per-thread move across domains
     assert manager.layout == CgroupLayout("hybrid", HIERARCHIES)
     assert V1Manager(SPEC, tmp_path, hierarchies=HIERARCHIES).layout.mode == "v1"
 
 
-def test_v2_add_process_and_layout(tmp_path: Path) -> None:
-    (tmp_path / "kitebox" / "c1").mkdir(parents=True)
-    (tmp_path / "kitebox" / "c1" / "cgroup.procs").write_text("")
+def test_a_child_born_in_the_unified_cgroup_does_not_join_it_again(tmp_path: Path) -> None:
+    _v1_tree(tmp_path, hybrid=True)
+    manager = V1Manager(SPEC, tmp_path, hybrid=True, hierarchies=HIERARCHIES)
+    manager.born = True
+    manager.join_self()
+    assert _written(tmp_path, "unified") == ("", "")
+    assert all(_written(tmp_path, name) == ("0", "") for name in HIERARCHIES)
+
+
+def test_v2_join_writes_cgroup_procs_unless_born_there(tmp_path: Path) -> None:
+    leaf = tmp_path / "kitebox" / "c1"
+    leaf.mkdir(parents=True)
+    (leaf / "cgroup.procs").write_text("")
     manager = V2Manager(SPEC, tmp_path)
-    manager.add_process(99)
-    assert (tmp_path / "kitebox" / "c1" / "cgroup.procs").read_text() == "99"
+    manager.born = True
+    manager.join_self()
+    assert (leaf / "cgroup.procs").read_text() == ""
+    manager.born = False
+    manager.join_self()
+    assert (leaf / "cgroup.procs").read_text() == "0"
     assert manager.layout == CgroupLayout("v2", {})
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_fork_falls_back_to_a_plain_fork_outside_cgroupfs(tmp_path: Path, hybrid: bool) -> None:
+    """A directory that is no cgroup (here, a plain one) makes clone3 refuse (EBADF): the child still comes, not
+    born in it, and joins by writing cgroup.procs."""
+    _v1_tree(tmp_path, hybrid=hybrid)
+    manager = V1Manager(SPEC, tmp_path, hybrid=hybrid, hierarchies=HIERARCHIES)
+    read_end, write_end = os.pipe()
+    pid = manager.fork()
+    if pid == 0:
+        os.write(write_end, b"born" if manager.born else b"forked")
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"forked"
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert not manager.born  # only ever set in the child
 
 
 def test_a_given_layout_is_not_detected_again(tmp_path: Path) -> None:
@@ -50,34 +89,11 @@ def test_a_given_layout_is_not_detected_again(tmp_path: Path) -> None:
     assert isinstance(cgroup_manager(SPEC, layout=CgroupLayout("v2"), root=tmp_path), V2Manager)
 
 
-def test_entry_waits_for_the_ready_byte_once() -> None:
+def test_entry_joins_a_parents_cgroup_first_and_unshares_once() -> None:
     fake = FakeCgroupManager(layout=CgroupLayout("v1", HIERARCHIES))
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    entry = CgroupEntry(SPEC, fake, read_end, namespace=False)
+    entry = CgroupEntry(SPEC, fake, namespace=False)
     assert entry.layout == CgroupLayout("v1", HIERARCHIES)
-    assert fake.calls == []  # the parent creates and moves; the init does neither
-    os.write(write_end, b"\0")
-    os.close(write_end)
+    assert fake.calls == [("join_self",)]  # the parent created it; the init only joins
     entry.enter()
-    entry.enter()  # idempotent: the fd is read (and closed) once
-    with pytest.raises(OSError):
-        os.fstat(read_end)
-
-
-def test_entry_fails_when_the_parent_gives_up() -> None:
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    entry = CgroupEntry(SPEC, FakeCgroupManager(), read_end, namespace=False)
-    os.close(write_end)  # EOF without the byte: the monitor could not set the cgroup up (or died)
-    with pytest.raises(KernelError, match="cgroup was not set up"):
-        entry.enter()
-
-
-def test_entry_with_a_parent_manager_needs_a_ready_fd() -> None:
-    with pytest.raises(InvalidArgument):
-        CgroupEntry(SPEC, FakeCgroupManager(), -1)
-
-
-def test_fake_records_add_process() -> None:
-    fake = FakeCgroupManager()
-    fake.add_process(7)
-    assert fake.calls == [("add_process", 7)] and fake.pids() == [7]
+    entry.enter()
+    assert entry.entered and fake.calls == [("join_self",)]

@@ -1,0 +1,74 @@
+"""On the real kernel: a child forked by a cgroup manager is born in the container's v2 cgroup (clone3
+CLONE_INTO_CGROUP) and joins every v1 hierarchy through ``tasks``, ending up exactly where a ``cgroup.procs``
+move would have put it -- in every hierarchy, with its limits applying."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.runtime.cgroups import CgroupManager, cgroup_manager, detect_cgroup_mode
+from engine.runtime.spec import CgroupSpec
+from tests.integration.runtime.common import PARENT, remove_cgroups
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def spec() -> CgroupSpec:
+    return CgroupSpec(f"{PARENT}/kbt{uuid.uuid4().hex[:12]}", pids_limit=7)
+
+
+@pytest.fixture
+def manager(spec: CgroupSpec) -> Iterator[CgroupManager]:
+    made = cgroup_manager(spec)
+    made.create(spec)
+    yield made
+    remove_cgroups([made])
+
+
+def _child_view(manager: CgroupManager) -> tuple[bool, list[str]]:
+    """Fork with the manager and join in the child: (born, the child's /proc/self/cgroup lines)."""
+    read_end, write_end = os.pipe()
+    pid = manager.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            manager.join_self()
+            flag = int(getattr(manager, "born", False))
+            os.write(write_end, f"{flag}\n".encode() + Path("/proc/self/cgroup").read_bytes())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        born, *lines = pipe.read().splitlines()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    return born == "1", lines
+
+
+def test_forked_child_is_born_in_v2_and_joins_every_hierarchy(spec: CgroupSpec, manager: CgroupManager) -> None:
+    born, lines = _child_view(manager)
+    assert born  # kernel 5.7+ and no sandbox hiding clone3: born in the v2 (hybrid: unified) cgroup
+    assert lines and all(line.split(":", 2)[2] == f"/{spec.path}" for line in lines), lines
+    if detect_cgroup_mode() != "v2":  # the v1 limits apply to it: its pids cgroup is the limited one
+        pids = Path(f"/sys/fs/cgroup/pids/{spec.path}")
+        assert (pids / "pids.max").read_text().strip() == "7"
+
+
+def test_without_clone3_the_child_joins_v2_itself(spec: CgroupSpec, manager: CgroupManager,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where clone3 is unavailable (old kernels, sandboxes), a plain fork; the child writes cgroup.procs."""
+    from engine.runtime import syscalls
+
+    def no_clone3(cgroup_fd: int) -> int:
+        raise OSError(errno.ENOSYS, "clone3: Function not implemented")
+
+    monkeypatch.setattr(syscalls, "fork_into_cgroup", no_clone3)
+    born, lines = _child_view(manager)
+    assert not born
+    assert lines and all(line.split(":", 2)[2] == f"/{spec.path}" for line in lines), lines
