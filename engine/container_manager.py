@@ -189,6 +189,10 @@ class ContainerManager(ContainerExecVerbs):
         def prepare_root() -> tuple[list[Mount], Path, VolumePlan]:
             # One thread hop for the whole blocking part (each hop costs a thread wake-up or two).
             root_mounts = snapshotter.prepare(key, top)
+            if options.auto_remove:
+                from engine.snapshots import volatile
+
+                root_mounts = volatile(root_mounts)
             layer_dirs = layers_bottom_up(snapshotter, key)
             user_db = write_user_db(layer_dirs, bundle / "userdb")
             volumes = resolve_volumes(self.volumes, options, image_config, layer_dirs)

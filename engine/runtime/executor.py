@@ -283,7 +283,13 @@ def _build_root(path: str, mounts: Sequence[RootMount]) -> str:
         if mount.cwd:
             os.chdir(mount.cwd)
         try:
-            _mount_options(mount.options, mount.type, mount.source, path)
+            try:
+                _mount_options(mount.options, mount.type, mount.source, path)
+            except OSError as err:
+                if err.errno != errno.EINVAL or "volatile" not in mount.options:
+                    raise
+                # A kernel before 5.10 has no volatile overlays: the same mount, synced on unmount.
+                _mount_options(tuple(o for o in mount.options if o != "volatile"), mount.type, mount.source, path)
         finally:
             os.chdir("/")
     return path

@@ -14,7 +14,7 @@ from engine.snapshots.mount import (
     mount_all,
     unmount,
 )
-from engine.snapshots.overlay import OverlaySnapshotter
+from engine.snapshots.overlay import OverlaySnapshotter, volatile
 from engine.snapshots.select import open_snapshotter, probe_overlay
 
 __all__ = [
@@ -34,4 +34,5 @@ __all__ = [
     "open_snapshotter",
     "probe_overlay",
     "unmount",
+    "volatile",
 ]

@@ -35,7 +35,7 @@ from engine.snapshots.base import Kind, Mount
 from engine.snapshots.common import DirectorySnapshotter
 from engine.snapshots.store import Record, Transaction, validate_key
 
-__all__ = ["OverlaySnapshotter"]
+__all__ = ["OverlaySnapshotter", "volatile"]
 
 LINK_LENGTH = 26
 
@@ -143,3 +143,14 @@ class OverlaySnapshotter(DirectorySnapshotter):
 
     def _parent_dirs(self, record: Record, chain: list[Record]) -> list[Path]:
         return [self._fs(parent) for parent in chain]
+
+
+def volatile(mounts: list[Mount]) -> list[Mount]:
+    """``mounts`` with overlay's ``volatile`` option on each writable overlay: for a writable layer that is thrown
+    away with its container (``--rm``), as Podman does. Without it, the last unmount of an overlay -- when the
+    container's last process exits and its mount namespace goes -- syncs the whole upper filesystem, which is the
+    state root's: every dirty page of it, often tens of milliseconds between a container's exit and its monitor
+    hearing of it. After a host crash such an upper directory is unusable, which a removed container never
+    needs. Kernels before 5.10 refuse the option; the executor then mounts without it."""
+    return [Mount(m.type, m.source, (*m.options, "volatile"), m.cwd)
+            if m.type == "overlay" and any(o.startswith("upperdir=") for o in m.options) else m for m in mounts]

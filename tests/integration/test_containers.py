@@ -71,6 +71,20 @@ async def test_command_not_found_is_127(engine: Engine, busybox: str) -> None:
     assert (await engine.containers.get(record.id)).state.exit_code == 127
 
 
+async def test_an_rm_containers_writable_layer_is_volatile(engine: Engine, busybox: str) -> None:
+    """--rm: overlay's volatile option (no sync of the state root's filesystem when the container's last process
+    exits, for a layer that is thrown away anyway); a kept container's layer stays durable."""
+    for auto_remove in (True, False):
+        record = await engine.create_container(busybox, CreateOptions(
+            cmd=("sh", "-c", "grep -m1 ' / / ' /proc/self/mountinfo"), auto_remove=auto_remove))
+        with engine.containers.attached(record.id):
+            await engine.containers.start(record.id)
+            assert await engine.containers.wait(record.id) == 0
+            out = b"".join([item.data async for item in engine.containers.logs(record.id)]).decode()
+        assert " overlay " in out and ("volatile" in out) is auto_remove, out
+        await engine.containers.remove(record.id, force=True)
+
+
 async def test_names_are_unique(engine: Engine, busybox: str) -> None:
     await engine.create_container(busybox, CreateOptions(name="one", cmd=("true",)))
     with pytest.raises(Conflict, match='"/one" is already in use'):
