@@ -221,8 +221,8 @@ class ContainerStore:
         """Persist ``record`` atomically (write a temp file, fsync, rename).
 
         ``sync=False`` skips the fsync, for run-state changes (running, exited) that the monitors' own files and
-        the boot id reconcile after a host crash anyway: an fsync right after a start waits for the disk's
-        other writes (~1-5 ms on the start path)."""
+        the boot id reconcile after a host crash anyway, for ``removing``, and for an ``--rm`` container's
+        record: an fsync waits for the disk's other writes (~1-5 ms on the start path)."""
         directory = self.dir(record.id)
         tmp = directory / f".container.json.{os.getpid()}"
         try:
