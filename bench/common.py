@@ -14,6 +14,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -26,12 +27,20 @@ from tests.support.registry import RegistryServer
 __all__ = [
     "FreshStores",
     "distro_image",
+    "kitebox_command",
     "local_registry",
     "median_time",
     "podman",
     "report",
     "scratch",
 ]
+
+
+def kitebox_command() -> list[str]:
+    """How a user runs Kitebox: the ``kitebox`` script installed beside this interpreter (``python -m app.main``
+    when there is none, which adds runpy's ~5 ms)."""
+    script = Path(sys.executable).with_name("kitebox")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "app.main"]
 
 
 def _tar_of_files(rng: random.Random, prefix: str, files: int, total_bytes: int) -> bytes:

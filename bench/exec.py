@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.forkclient import BOOTSTRAP as TEMPLATE_BOOTSTRAP
+from bench.common import kitebox_command
 from engine.runtime.helper import stop_helpers
 from tests.support.busybox import busybox_layer_tar
 
@@ -85,7 +86,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-exec-"))
     archive = work / "busybox.tar"
     write_archive(archive)
-    kitebox = [sys.executable, "-m", "app.main", "--root", str(work / "kitebox")]
+    kitebox = [*kitebox_command(), "--root", str(work / "kitebox")]
     env = cli_env(work)
     results: dict[str, float] = {}
     podman_base: list[str] | None = None

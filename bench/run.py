@@ -1,10 +1,10 @@
 """Container start benchmarks (issues 4 and 5), as root:
 ``.venv/bin/python -m bench.run [--runs N] [--idle N] [--network none|bridge]``.
 
-* ``kitebox run --rm --network none IMAGE true`` wall time (the CLI as a user runs it, bytecode compiled as an
-  installed package has it, the state root's monitor helper and CLI template running as after any earlier
-  command) vs ``podman run --rm --network none`` of the same image, pulled from the same local registry, in
-  the same run; with ``--network bridge`` both on their default bridge network (Kitebox's with throw-away
+* ``kitebox run --rm --network none IMAGE true`` wall time (the CLI as a user runs it: the ``kitebox`` script,
+  bytecode compiled as an installed package has it, the state root's monitor helper and CLI template running as
+  after any earlier command) vs ``podman run --rm --network none`` of the same image, pulled from the same local
+  registry, in the same run; with ``--network bridge`` both on their default bridge network (Kitebox's with throw-away
   bridge/table names and a free 10.214.x.0/24 subnet, removed at the end);
 * in-process ``create + start + wait`` of ``true`` through the engine API (median);
 * ``--idle N`` idle containers (``sleep``) at once: the supervision overhead per container, as the PSS of its
@@ -20,11 +20,10 @@ import json
 import secrets
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.common import local_registry, median_time, podman, push, report, run_quiet, scratch
+from bench.common import kitebox_command, local_registry, median_time, podman, push, report, run_quiet, scratch
 from bench.exec import cli_env, stopping_helpers
 from engine import CreateOptions, Engine
 from engine.network.netlink import Netlink
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _kitebox(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "app.main", "--root", str(root), *args]
+    return [*kitebox_command(), "--root", str(root), *args]
 
 
 async def _in_process(root: Path, ref: str, runs: int) -> float:

@@ -120,10 +120,18 @@ async def _run(args: argparse.Namespace) -> int:
 _prebuilt: argparse.ArgumentParser | None = None
 
 
+# Parsed once by the warm template after building the parsers: argparse compiles (and caches) its regular
+# expressions on first use, so forks inherit them compiled.
+_SAMPLE_COMMANDS = (("run", "--rm", "-e", "A=1", "--network", "none", "image", "true"), ("exec", "name", "true"),
+                    ("ps", "-a"))
+
+
 def prebuild_parser() -> None:
     """Build every command's parser now (the CLI's warm template does, so its forks only parse)."""
     global _prebuilt
     _prebuilt = build_parser()
+    for sample in _SAMPLE_COMMANDS:
+        _prebuilt.parse_args(sample)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -569,12 +569,19 @@ def keep_program(profile: SeccompProfile, cache_dir: str | None) -> None:
 
 
 def preload() -> None:
-    """Load libseccomp now (KernelError when it is not installed), so forked children find it loaded."""
-    _libseccomp()
+    """Load libseccomp now and learn its version (KernelError when it is not installed), so forked children find
+    both done: the warm processes that fork monitors and CLI commands call this."""
+    _libseccomp_identity()
+
+
+_identity: str | None = None
 
 
 def _libseccomp_identity() -> str:
-    lib = _libseccomp()
-    lib.seccomp_version.restype = ctypes.POINTER(_Version)
-    version = lib.seccomp_version().contents
-    return f"libseccomp {version.major}.{version.minor}.{version.micro}"
+    global _identity
+    if _identity is None:
+        lib = _libseccomp()
+        lib.seccomp_version.restype = ctypes.POINTER(_Version)
+        version = lib.seccomp_version().contents
+        _identity = f"libseccomp {version.major}.{version.minor}.{version.micro}"
+    return _identity

@@ -27,6 +27,21 @@ def _templates(root: Path) -> list[int]:
     return [pid for pid in found if parent_of(pid) not in found]
 
 
+def _worker_of(template: int, client: subprocess.Popen[str]) -> int:
+    """The template's child running ``client``'s command: the one holding the client's stdout (the template's
+    other child is the spare, forked ahead for the next command)."""
+    wanted = os.readlink(f"/proc/{client.pid}/fd/1")
+    (worker,) = [pid for pid in children(template) if _readlink(f"/proc/{pid}/fd/1") == wanted]
+    return worker
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def _popen(root: Path, *args: str, cwd: Path = REPO, **kwargs: object) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
@@ -89,15 +104,13 @@ def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_it_along(loaded: C
     assert follower.returncode == 130, err
     assert "Traceback" not in err
 
-    before = set(children(template))
     killed = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert killed.stdout is not None
     assert killed.stdout.readline() == "ready\n"
-    workers = set(children(template)) - before
-    assert len(workers) == 1
+    worker = _worker_of(template, killed)
     killed.kill()
     killed.communicate(timeout=20)
-    wait_until(lambda: not set(children(template)) & workers, "the command's process to end with its client")
+    wait_until(lambda: worker not in children(template), "the command's process to end with its client")
     assert loaded("rm", "-f", "talker").returncode == 0
 
 
@@ -105,12 +118,11 @@ def test_ctrl_z_stops_the_command_with_its_client(loaded: Cli) -> None:
     assert loaded("run", "-d", "--name", "talker", "--network", "none", loaded.image, "sh", "-c",
                   "echo ready; exec sleep 300").returncode == 0
     (template,) = _templates(loaded.root)
-    before = set(children(template))
     follower = _popen(loaded.root, "logs", "-f", "talker", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert follower.stdout is not None
         assert follower.stdout.readline() == "ready\n"
-        (worker,) = set(children(template)) - before
+        worker = _worker_of(template, follower)
         follower.send_signal(signal.SIGTSTP)
         wait_until(lambda: state_of(follower.pid) == "T" and state_of(worker) == "T", "client and command to stop")
         follower.send_signal(signal.SIGCONT)
@@ -120,6 +132,38 @@ def test_ctrl_z_stops_the_command_with_its_client(loaded: Cli) -> None:
         follower.communicate(timeout=20)
     assert follower.returncode == 130
     assert loaded("rm", "-f", "talker").returncode == 0
+
+
+def _spares(template: int) -> list[int]:
+    """The template's children that hold no client's stdio: the spare forked ahead for the next command."""
+    return [pid for pid in children(template) if _readlink(f"/proc/{pid}/fd/1") == "/dev/null"]
+
+
+def test_a_command_runs_in_the_spare_forked_ahead_and_a_dead_spare_is_replaced(loaded: Cli) -> None:
+    (template,) = _templates(loaded.root)
+    wait_until(lambda: len(_spares(template)) == 1, "a spare worker")
+    (spare,) = _spares(template)
+    assert Path(f"/proc/{spare}/comm").read_text().strip() == "kb-worker"
+    follower = _popen(loaded.root, "ps", "--format", "json")  # any command: served by that spare
+    follower.communicate(timeout=20)
+    assert follower.returncode == 0
+    wait_until(lambda: spare not in children(template), "the spare to have run the command")
+    wait_until(lambda: len(_spares(template)) == 1, "the next spare")
+    (replacement,) = _spares(template)
+    os.kill(replacement, signal.SIGKILL)  # a dead spare: the next command is forked on the spot
+    wait_until(lambda: replacement not in children(template), "the killed spare to go")
+    result = loaded("run", "--rm", "--network", "none", loaded.image, "echo", "still served")
+    assert (result.returncode, result.stdout) == (0, "still served\n"), result.stderr
+    wait_until(lambda: len(_spares(template)) == 1, "a spare again")
+
+
+def test_the_spare_ends_with_its_template(loaded: Cli) -> None:
+    (template,) = _templates(loaded.root)
+    wait_until(lambda: len(_spares(template)) == 1, "a spare worker")
+    (spare,) = _spares(template)
+    next(loaded.root.glob("cli-*.sock")).unlink()  # retires the template (as a newer one would)
+    wait_until(lambda: not os.path.exists(f"/proc/{template}") and not os.path.exists(f"/proc/{spare}"),
+               "the template and its spare to exit")
 
 
 def test_a_template_running_other_code_is_retired(loaded: Cli) -> None:
