@@ -70,7 +70,7 @@ class ContainerManager(ContainerExecVerbs):
         content: ContentStore,
         bus: EventBus,
         snapshotter: Callable[[], Snapshotter],
-        unpack: Callable[[str], Any],
+        unpack: Callable[[ImageRecord], Any],
         supervisor: Callable[[], Any],
         networks: Callable[[], NetworkManager],
     ) -> None:
@@ -165,8 +165,6 @@ class ContainerManager(ContainerExecVerbs):
         from engine.manifest import parse_image_config
         from engine.runtime.plan import plan_container
 
-        config = parse_image_config(await asyncio.to_thread(self._content.read, image.config_digest))
-        image_config = dict(config.config)
         restart = parse_restart_policy(options.restart)
         if options.auto_remove and restart[0] != "no":
             raise errors.InvalidArgument("conflicting options: --restart and --rm")
@@ -174,13 +172,15 @@ class ContainerManager(ContainerExecVerbs):
         if network not in ("none", "host", "bridge"):
             await self._network_manager().inspect(network)  # NotFound: "network X not found"
         bindings = port_bindings(options)
-        top = await self._unpack(image.id)
+        config_bytes, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
+                                                 self._unpack(image))
+        image_config = dict(parse_image_config(config_bytes).config)
         async with self._lock:
             with self.store.locked():
                 container_id = self.store.new_id()
-                taken = {r.name for r in self.store.all()}
-                name = validate_name(options.name) if options.name else generate_name(taken)
-                self.store.check_name_free(name)
+                records = self.store.all()
+                name = validate_name(options.name) if options.name else generate_name({r.name for r in records})
+                self.store.check_name_free(name, records)
                 bundle = self.store.dir(container_id)
                 bundle.mkdir(mode=0o710)
                 (bundle / "container.json").write_text("{}")  # claims the name for other processes
@@ -388,19 +388,33 @@ class ContainerManager(ContainerExecVerbs):
 
     async def _destroy(self, record: ContainerRecord, *, volumes: bool) -> None:
         removing = record.with_state(status=Status.REMOVING)
-        with contextlib.suppress(errors.NotFound):
+        anonymous = list(record.host_config.get("AnonymousVolumes") or []) if volumes else []
+
+        def mark() -> None:
             # Not synced: after a host crash the container is back as it was, and removing it again works.
-            await asyncio.to_thread(self.store.save, removing, sync=False)
-        await self._release_network(record)
-        snapshotter = self._snapshotter()
-        with contextlib.suppress(errors.NotFound):
-            await asyncio.to_thread(snapshotter.remove, record.snapshot_key)
-        if volumes:
-            for name in record.host_config.get("AnonymousVolumes") or []:
+            with contextlib.suppress(errors.NotFound):
+                self.store.save(removing, sync=False)
+
+        def discard_layer() -> None:
+            with contextlib.suppress(errors.NotFound):
+                self._snapshotter().remove(record.snapshot_key)
+
+        if not anonymous and not self._needs_network_room(record):
+            def remove_all() -> None:  # the common case in one thread hop (each costs a wake-up or two)
+                mark()
+                discard_layer()
+                self.store.delete(record.id)
+
+            await asyncio.to_thread(remove_all)
+        else:
+            await asyncio.to_thread(mark)
+            await self._release_network(record)
+            await asyncio.to_thread(discard_layer)
+            for name in anonymous:
                 with contextlib.suppress(errors.NotFound, errors.Conflict):
                     users = await self.volume_users(name, exclude=record.id)
                     await asyncio.to_thread(self.volumes.remove, name, in_use_by=users)
-        await asyncio.to_thread(self.store.delete, record.id)
+            await asyncio.to_thread(self.store.delete, record.id)
         self._publish(record, "destroy")
 
     async def rename(self, text: str, new_name: str) -> ContainerRecord:

@@ -278,8 +278,10 @@ class ContainerStore:
             raise Conflict(f"multiple containers found with provided prefix: {text}")
         raise NotFound(f"No such container: {text}")
 
-    def check_name_free(self, name: str, *, ignore_id: str | None = None) -> None:
-        for record in self.all():
+    def check_name_free(self, name: str, records: list[ContainerRecord] | None = None, *,
+                        ignore_id: str | None = None) -> None:
+        """Conflict when ``name`` belongs to another container (of ``records``, default: all of them)."""
+        for record in self.all() if records is None else records:
             if record.name == name and record.id != ignore_id:
                 raise Conflict(
                     f'Conflict. The container name "/{name}" is already in use by container "{record.id}". '

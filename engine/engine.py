@@ -62,7 +62,7 @@ class Engine(ImageOps):
             content=self._content,
             bus=self._bus,
             snapshotter=self.snapshotter,
-            unpack=self.unpack,
+            unpack=self.unpack_record,
             supervisor=self._open_supervisor,
             networks=lambda: self.networks,
         )

@@ -122,10 +122,22 @@ class ImageOps:
 
     async def unpack(self, text: str) -> str:
         """Make sure every layer of a local image is unpacked (e.g. after ``load``); returns the top ChainID."""
-        from engine.unpacker import Unpacker
+        return await self.unpack_record(await self.image(text))
 
-        record = await self.image(text)
-        snapshotter = await asyncio.to_thread(self.snapshotter)
+    async def unpack_record(self, record: ImageRecord) -> str:
+        """:meth:`unpack` for an image already looked up. The common case -- unpacked long ago -- is one thread
+        hop: opening the snapshotter and finding the top snapshot (its parents are committed too)."""
+        from engine.unpacker import Unpacker, chain_ids
+
+        top = chain_ids([layer.diff_id for layer in record.layers])[-1] if record.layers else None
+
+        def open_and_look() -> tuple[Snapshotter, bool]:
+            snapshotter = self.snapshotter()
+            return snapshotter, top is not None and snapshotter.exists(top)
+
+        snapshotter, unpacked = await asyncio.to_thread(open_and_look)
+        if unpacked and top is not None:
+            return top
         result = await Unpacker(snapshotter, self._content, self.config.limits).unpack(record.layers)
         return result.top
 

@@ -219,11 +219,16 @@ class Unpacker:
         if not layers:
             raise Conflict("image has no layers to unpack")
         cids = chain_ids([layer.diff_id for layer in layers])
-        first_missing = len(layers)
-        for position, cid in enumerate(cids):
-            if not await asyncio.to_thread(self._snapshotter.exists, cid):
-                first_missing = position
-                break
+
+        def find_first_missing() -> int:
+            # A committed snapshot's parents are committed and cannot be removed under it: the top one present
+            # means all are (one look-up for an image unpacked before).
+            if self._snapshotter.exists(cids[-1]):
+                return len(layers)
+            return next((position for position, cid in enumerate(cids) if not self._snapshotter.exists(cid)),
+                        len(layers))
+
+        first_missing = await asyncio.to_thread(find_first_missing)
         sources = sources or {}
         if not self.concurrent:
             applied: list[ApplyResult] = []
