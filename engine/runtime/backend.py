@@ -74,14 +74,14 @@ class RealBackend:
         return RuntimeSpec.from_json(text)
 
     def warm(self, spec: Any) -> None:
-        """In the monitor, before its first fork: the container's seccomp program (read from its cache, or
-        compiled), so the container's init and every exec'd process inherit it instead of looking it up."""
+        """In the monitor, before its first fork: the container's seccomp program (read from its file), so the
+        container's init and every exec'd process inherit it instead of reading it."""
         from engine.errors import KiteboxError
         from engine.runtime import seccomp
 
-        if spec.seccomp is not None:
+        if spec.seccomp_program is not None:
             with contextlib.suppress(KiteboxError):  # the child tries again and reports why it failed
-                seccomp.keep_program(spec.seccomp, spec.seccomp_cache_dir)
+                seccomp.keep_program(spec.seccomp_program)
 
     def cgroup(self, spec: Any) -> CgroupLike:
         from engine.runtime.cgroups import cgroup_manager

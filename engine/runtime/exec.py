@@ -153,15 +153,14 @@ def _exec(spec: Any, request: ExecRequest, init_pid: int, cgroup: CgroupLike, st
           stderr_fd: int, error_fd: int, console_fd: int) -> NoReturn:
     from engine.runtime import syscalls
     from engine.runtime.caps import ALL_CAPS
-    from engine.runtime.executor import ContainerStartError, _setup_stdio, become_and_exec
+    from engine.runtime.executor import ContainerStartError, _setup_stdio, become_and_exec, seccomp_program_of
     from engine.runtime.plan import _merge_env
     from engine.runtime.spec import CapabilitySet
 
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
     # Seccomp: the container's filter (Docker applies it to exec'd processes too, --privileged or not); get the
     # program before joining the container's mount namespace hides the host's libseccomp.
-    from engine.runtime import seccomp
-    seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
+    seccomp_program = seccomp_program_of(spec)
     if os.readlink("/proc/self/ns/pid") != os.readlink(f"/proc/{init_pid}/ns/pid"):
         raise ContainerStartError("failed", "exec: not forked into the container's pid namespace")
     cgroup.join_self()

@@ -142,7 +142,7 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
           console_fd: int, cgroup: CgroupEntry) -> NoReturn:
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
     # Seccomp: get the program while the host's libseccomp and the container dir are reachable; loaded below.
-    seccomp_program = seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir) if spec.seccomp else None
+    seccomp_program = seccomp_program_of(spec)
     mode, hierarchies = cgroup.layout.mode, cgroup.layout.hierarchies
 
     flags = 0
@@ -195,6 +195,16 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
                     caps=process.capabilities, drop_bounding_set=True, groups=process.additional_gids,
                     gid=process.gid, uid=process.uid, clamp_to_held=spec.privileged, cwd=process.cwd,
                     args=process.args, env=process.env)
+
+
+def seccomp_program_of(spec: RuntimeSpec) -> bytes | None:
+    """The compiled seccomp program ``spec`` confines its processes with (None: unconfined): its program file,
+    or -- a spec written before it named one -- compiled from its profile through the cache."""
+    if spec.seccomp_program is not None:
+        return seccomp.read_program(spec.seccomp_program)
+    if spec.seccomp is not None:
+        return seccomp.program_for(spec.seccomp, spec.seccomp_cache_dir)
+    return None
 
 
 def become_and_exec(*, error_fd: int, no_new_privileges: bool, seccomp_program: bytes | None, caps: CapabilitySet,

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from engine.errors import InvalidArgument, StoreError
 from engine.runtime.caps import ALL_CAPS, DEFAULT_CAPS, tweak_caps
-from engine.runtime.seccomp import default_profile, program_for
+from engine.runtime.seccomp import default_profile, program_file
 from engine.runtime.spec import CapabilitySet, CgroupSpec, MountSpec, ProcessSpec, RootMount, RootSpec, RuntimeSpec
 from engine.runtime.users import read_in_root, resolve_user
 
@@ -399,7 +399,7 @@ def plan_container(
     # The net sysctls are per network namespace: never set them in the host's (--network host).
     # Seccomp: Docker's default profile for the bounding set (moby setupSeccomp), none when privileged; the
     # program is compiled now into the container's directory, so starting the container only loads it.
-    seccomp = None
+    seccomp = program = None
     if options.seccomp and not options.privileged:
         seccomp = default_profile(caps, os.uname().machine)
         cache_dir = seccomp_cache_dir or bundle_dir
@@ -407,7 +407,7 @@ def plan_container(
             cache_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as err:
             raise StoreError(f"seccomp cache directory {cache_dir}: {err.strerror}") from err
-        program_for(seccomp, str(cache_dir))
+        program = program_file(seccomp, str(cache_dir))
     host_network = options.network == "host"
     sysctl = {} if host_network else {"net.ipv4.ping_group_range": "0 2147483647",
                                       "net.ipv4.ip_unprivileged_port_start": "0"}
@@ -418,5 +418,5 @@ def plan_container(
         readonly_paths=() if options.privileged else DEFAULT_READONLY_PATHS,
         sysctl=sysctl, cgroup=_cgroup(container_id, options, cgroup_parent), privileged=options.privileged,
         netns_path=options.netns_path, seccomp=seccomp,
-        seccomp_cache_dir=str(seccomp_cache_dir or bundle_dir) if seccomp else None,
+        seccomp_cache_dir=str(seccomp_cache_dir or bundle_dir) if seccomp else None, seccomp_program=program,
     )

@@ -59,7 +59,9 @@ __all__ = [
     "keep_program",
     "load_filter",
     "preload",
+    "program_file",
     "program_for",
+    "read_program",
 ]
 
 # machine (os.uname().machine) -> libseccomp architecture names: the native ABI first, then the ABIs the same
@@ -524,38 +526,54 @@ def install(profile: SeccompProfile, cache_dir: str | None = None) -> None:
 
 
 def program_for(profile: SeccompProfile, cache_dir: str | None) -> bytes:
-    """:func:`compile_filter`'s program for ``profile``, cached as ``cache_dir/seccomp-<key>.bpf``.
+    """:func:`compile_filter`'s program for ``profile``, through the cache in ``cache_dir`` (see
+    :func:`program_file`); without ``cache_dir``, or when the cache cannot be written, just compiled."""
+    if cache_dir is not None:
+        with contextlib.suppress(KernelError):
+            return read_program(program_file(profile, cache_dir))
+    return compile_filter(profile)
+
+
+def program_file(profile: SeccompProfile, cache_dir: str) -> str:
+    """The file holding ``profile``'s compiled program: ``cache_dir/seccomp-<key>.bpf``, compiled and written
+    first when it is not there (KernelError when that fails).
 
     Compiling Docker's profile for three ABIs takes libseccomp ~17 ms, a fifth of a container start; the
-    cache directory (shared by the containers of a state root) keeps the result so later containers, starts and
-    execs only read 8 KiB. The key hashes the profile and the libseccomp build, so a changed profile or library
-    never meets a stale program. Without ``cache_dir``, or when the cache cannot be written, the program is just
-    compiled. A program kept by :func:`keep_program` for this very profile object is returned without a look-up.
+    cache directory (shared by the containers of a state root) keeps the result, and a container's runtime spec
+    names the file, so starting it, restarting it and exec'ing in it only read 8 KiB -- the profile itself is
+    neither parsed nor hashed on that path. The key hashes the profile, the libseccomp build and the compile
+    options, so a changed profile or library never meets a stale program.
     """
-    if _kept is not None and _kept[0] is profile and _kept[1] == cache_dir:
-        return _kept[2]
-    if cache_dir is None:
-        return compile_filter(profile)
     identity = json.dumps([profile.to_dict(), _libseccomp_identity(), os.uname().machine], sort_keys=True)
     path = os.path.join(cache_dir, f"seccomp-{hashlib.sha256(identity.encode()).hexdigest()[:32]}.bpf")
-    try:
-        with open(path, "rb") as cached:
-            program = cached.read()
-        if program and len(program) % 8 == 0:
-            return program
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise KernelError(f"seccomp: reading the cached filter {path}: {err.strerror}") from err
+    with contextlib.suppress(KernelError):
+        read_program(path)
+        return path
     program = compile_filter(profile)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as out:
             out.write(program)
         os.replace(tmp, path)
-    except OSError:  # only a cache: the next start compiles again
+    except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise KernelError(f"seccomp: caching the compiled filter in {cache_dir}: {err.strerror}") from err
+    return path
+
+
+def read_program(path: str) -> bytes:
+    """The compiled program in ``path`` (the one :func:`keep_program` kept, if it is that file); KernelError when
+    it is missing, unreadable or not a whole number of BPF instructions."""
+    if _kept is not None and _kept[0] == path:
+        return _kept[1]
+    try:
+        with open(path, "rb") as cached:
+            program = cached.read()
+    except OSError as err:
+        raise KernelError(f"seccomp: reading the compiled filter {path}: {err.strerror}") from err
+    if not program or len(program) % 8:
+        raise KernelError(f"seccomp: {path} is not a compiled filter")
     return program
 
 
@@ -563,15 +581,15 @@ class _Version(ctypes.Structure):
     _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
 
 
-_kept: tuple[SeccompProfile, str | None, bytes] | None = None
+_kept: tuple[str, bytes] | None = None
 
 
-def keep_program(profile: SeccompProfile, cache_dir: str | None) -> None:
-    """Look ``profile``'s program up now and keep it in memory for this profile object: a monitor does this
-    once, and the container's init and exec'd processes it forks inherit the program instead of hashing the
-    profile and reading the cache again (KernelError when it cannot be compiled)."""
+def keep_program(path: str) -> None:
+    """Read the program file ``path`` now and keep it: a monitor does this once, and the container's init and
+    every exec'd process it forks inherit the bytes instead of reading the file (KernelError when unreadable)."""
     global _kept
-    _kept = (profile, cache_dir, program_for(profile, cache_dir))
+    _kept = None
+    _kept = (path, read_program(path))
 
 
 def preload() -> None:

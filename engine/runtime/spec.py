@@ -115,10 +115,13 @@ class RuntimeSpec:
     privileged: bool = False
     netns_path: str | None = None
     # Docker's default seccomp filter resolved for this container (None: unconfined, as --privileged or
-    # --security-opt seccomp=unconfined); the compiled program is cached in seccomp_cache_dir (the container's
-    # directory) so that starts and execs do not recompile it.
+    # --security-opt seccomp=unconfined), and the file holding its compiled program (in seccomp_cache_dir, shared
+    # by a state root's containers: engine.runtime.seccomp.program_file). The runtime loads the program file;
+    # the profile is the record it was made from. The spec a monitor gets names only the file (parsing the
+    # profile cost a fresh monitor ~1 ms): seccomp None with seccomp_program set still confines.
     seccomp: SeccompProfile | None = None
     seccomp_cache_dir: str | None = None
+    seccomp_program: str | None = None
 
     def to_json(self) -> str:
         """Serialise (sorted keys, so equal specs give equal text)."""
@@ -172,6 +175,7 @@ def _dump(spec: RuntimeSpec) -> dict[str, Any]:
         "netns_path": spec.netns_path,
         "seccomp": None if spec.seccomp is None else spec.seccomp.to_dict(),
         "seccomp_cache_dir": spec.seccomp_cache_dir,
+        "seccomp_program": spec.seccomp_program,
     }
 
 
@@ -274,4 +278,5 @@ def _load_runtime(raw: dict[str, Any]) -> RuntimeSpec:
         netns_path=_opt_str(raw, "netns_path", "spec"),
         seccomp=None if raw.get("seccomp") is None else SeccompProfile.from_dict(raw["seccomp"]),
         seccomp_cache_dir=_opt_str(raw, "seccomp_cache_dir", "spec"),
+        seccomp_program=_opt_str(raw, "seccomp_program", "spec"),
     )

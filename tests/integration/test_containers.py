@@ -251,6 +251,20 @@ async def test_seccomp_default_and_unconfined(engine: Engine, busybox: str) -> N
     assert engine.containers.inspect_document(record)["HostConfig"]["Privileged"] is True
 
 
+async def test_the_monitor_gets_the_seccomp_program_file_not_the_profile(engine: Engine, busybox: str) -> None:
+    """The spec a monitor reads names the compiled program; one that left the cache is compiled again at start."""
+    record = await engine.create_container(busybox, CreateOptions(cmd=("sh", "-c", "grep Seccomp: /proc/self/status")))
+    bundle = engine.containers.store.dir(record.id)
+    program = Path(json.loads(json.loads((bundle / "spec.json").read_text()))["seccomp_program"])
+    program.unlink()
+    await engine.containers.start(record.id)
+    assert await engine.containers.wait(record.id) == 0
+    monitor_spec = json.loads(json.loads((bundle / "monitor-config.json").read_text())["spec"])
+    assert monitor_spec["seccomp"] is None and monitor_spec["seccomp_program"] == str(program)
+    assert program.is_file()
+    assert [item.data async for item in engine.containers.logs(record.id)] == [b"Seccomp:\t2\n"]
+
+
 async def test_log_rotation_options(engine: Engine, busybox: str) -> None:
     record = await engine.create_container(busybox, CreateOptions(
         cmd=("sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done"),

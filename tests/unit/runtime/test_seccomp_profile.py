@@ -24,8 +24,11 @@ from engine.runtime.seccomp import (
     SyscallRule,
     compile_filter,
     default_profile,
+    keep_program,
     load_filter,
+    program_file,
     program_for,
+    read_program,
 )
 from engine.runtime.spec import CapabilitySet, CgroupSpec, ProcessSpec, RootSpec, RuntimeSpec
 
@@ -234,6 +237,33 @@ def test_program_is_cached_in_the_container_dir(tmp_path: Path) -> None:
     other = default_profile((*DEFAULT_CAPS, "CAP_SYS_ADMIN"), "x86_64")
     program_for(other, str(tmp_path))
     assert len(list(tmp_path.glob("seccomp-*.bpf"))) == 2
+
+
+def test_program_file_names_the_cached_program_and_recompiles_a_lost_one(tmp_path: Path) -> None:
+    profile = default_profile(DEFAULT_CAPS, "x86_64")
+    path = program_file(profile, str(tmp_path))
+    assert Path(path).parent == tmp_path and read_program(path) == compile_filter(profile)
+    assert program_file(profile, str(tmp_path)) == path  # found, not compiled again
+    Path(path).unlink()
+    assert program_file(profile, str(tmp_path)) == path and Path(path).is_file()
+    Path(path).write_bytes(b"\x06\x00\x00")  # not whole instructions: compiled again
+    assert read_program(program_file(profile, str(tmp_path))) == compile_filter(profile)
+    with pytest.raises(KernelError, match="caching the compiled filter"):
+        program_file(profile, str(tmp_path / "missing"))
+
+
+def test_read_program_refuses_what_is_not_a_program_and_prefers_the_kept_one(tmp_path: Path) -> None:
+    with pytest.raises(KernelError, match="reading the compiled filter"):
+        read_program(str(tmp_path / "none.bpf"))
+    empty = tmp_path / "empty.bpf"
+    empty.write_bytes(b"")
+    with pytest.raises(KernelError, match="not a compiled filter"):
+        read_program(str(empty))
+    kept = tmp_path / "kept.bpf"
+    kept.write_bytes(b"\x06\x00\x00\x00\x00\x00\xff\x7f")
+    keep_program(str(kept))
+    kept.unlink()  # a monitor's children use the bytes it kept
+    assert read_program(str(kept)) == b"\x06\x00\x00\x00\x00\x00\xff\x7f"
 
 
 def test_foreign_profile_and_bad_programs_are_refused() -> None:
