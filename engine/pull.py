@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from engine.config import Limits
 from engine.content import ContentStore
-from engine.errors import LimitExceeded, ManifestInvalid
+from engine.errors import KiteboxError, LimitExceeded, ManifestInvalid
 from engine.events import PullProgress
 from engine.images import LayerRecord
 from engine.leases import Lease
@@ -175,19 +175,29 @@ class Puller:
             missing = await asyncio.to_thread(unpacker.missing, config.diff_ids)
             sources = {i: LayerSource(manifest.layers[i].digest) for i in missing}
         unpacked: list[UnpackResult] = []
+        fetches: dict[str, asyncio.Task[None]] = {}
 
         async def unpack() -> None:
             assert unpacker is not None
-            unpacked.append(
-                await unpacker.unpack(layer_records, sources=sources, progress=progress, reference=str(ref))
-            )
+            try:
+                unpacked.append(
+                    await unpacker.unpack(layer_records, sources=sources, progress=progress, reference=str(ref))
+                )
+            except KiteboxError as err:
+                # A stream the unpacker finds corrupt may be a blob that fails its digest, which is then the
+                # error to report (and it is why the stream is broken): let that layer's download finish and
+                # say so first. The race between the two checks made the reported error depend on timing.
+                named = [task for digest, task in fetches.items() if digest in str(err)]
+                await asyncio.gather(*named, return_exceptions=True)
+                raise
 
         try:
             async with asyncio.TaskGroup() as group:
                 # Downloads are created (and so take download slots) bottom-up, the order the unpacker consumes
                 # them in: the lowest unfinished layer always has a slot, so bounded feeds cannot deadlock.
                 for position, layer in enumerate(manifest.layers):
-                    group.create_task(self.fetch_blob(ref, layer, tracker, sources.get(position)))
+                    fetches[layer.digest] = group.create_task(
+                        self.fetch_blob(ref, layer, tracker, sources.get(position)))
                 if unpacker is not None:
                     group.create_task(unpack())
         except BaseExceptionGroup as group_error:
