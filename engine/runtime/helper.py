@@ -27,11 +27,15 @@ Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per c
     -> {"op": "shutdown"}
     <- {"ok": true, "pid": <helper pid>}    (then the helper exits; its connections see EOF)
 
-Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and forks
-once: the child calls ``setsid`` and becomes the monitor, in its own session, so it outlives the helper and the
-app (when the helper exits, its monitors are reparented to init or the nearest subreaper; while it runs, the
-kernel reaps the ones that end, as the helper ignores SIGCHLD). Monitors keep the helper's command line but are
-named ``kb-monitor`` (``/proc/<pid>/comm``), which is how :func:`helper_pids` tells them apart.
+Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and hands it
+to a monitor process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its
+container directory and listening socket, so a start does not wait for a fork and its set-up: ~2 ms), or, when
+none is there (or the request names a test backend), one forked on the spot. The next spare is forked after the
+reply. Either way the monitor calls ``setsid``, in its own session, so it outlives the helper and the app (when
+the helper exits, its monitors are reparented to init or the nearest subreaper; while it runs, the kernel reaps
+the ones that end, as the helper ignores SIGCHLD); a waiting spare exits with its helper (EOF). Monitors keep
+the helper's command line but are named ``kb-monitor`` (``/proc/<pid>/comm``), which is how
+:func:`helper_pids` tells them apart.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 from engine.runtime.backend import REAL_BACKEND, Backend, load_backend
 from engine.runtime.monitor import Monitor
@@ -97,10 +102,8 @@ def short_unix_path(path: Path) -> Iterator[str]:
         os.close(dirfd)
 
 
-def spawn_monitor(container_dir: Path, backend: Backend) -> int:
-    """Double-fork a monitor for ``container_dir`` (its ``monitor-config.json`` must exist); its pid.
-
-    Must be called from a single-threaded process (the helper)."""
+def _bind_monitor_socket(container_dir: Path) -> socket.socket:
+    """Listen on ``<container_dir>/monitor.sock`` (before the monitor exists: a client may connect at once)."""
     sock_path = container_dir / SOCKET_FILE
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
@@ -113,6 +116,14 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
     except BaseException:
         listener.close()
         raise
+    return listener
+
+
+def spawn_monitor(container_dir: Path, backend: Backend) -> int:
+    """Fork a monitor for ``container_dir`` (its ``monitor-config.json`` must exist); its pid.
+
+    Must be called from a single-threaded process (the helper)."""
+    listener = _bind_monitor_socket(container_dir)
     try:
         pid = os.fork()
     except BaseException:
@@ -120,7 +131,7 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
         raise
     if pid == 0:
         try:
-            os.setsid()  # its own session: no terminal's signals reach it
+            _detach({listener.fileno()})
         except BaseException:
             os._exit(1)
         run_monitor(container_dir, listener, backend)
@@ -128,35 +139,91 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
     return pid
 
 
+def _detach(keep: set[int]) -> None:
+    """In a freshly forked monitor: its own session and name, stdio on /dev/null, every other inherited fd but
+    ``keep`` closed, the signal dispositions a monitor needs, and the subreaper bit for its container's
+    orphans."""
+    os.setsid()  # its own session: no terminal's signals reach it
+    _set_process_name(MONITOR_NAME)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the helper ignores it; the monitor waits for its init
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from engine.runtime.syscalls import prctl
+
+    prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
 def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend) -> NoReturn:
-    """Become the monitor (in a freshly double-forked process): detach stdio, then serve. Never returns."""
+    """Become ``container_dir``'s monitor in a process :func:`_detach` prepared: log to its ``monitor.log``, then
+    serve. Never returns."""
     code = 0
     try:
-        _set_process_name(MONITOR_NAME)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the helper ignores it; the monitor waits for its init
-        null = os.open(os.devnull, os.O_RDWR)
         logfd = os.open(container_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
         os.dup2(logfd, 2)
-        keep = {0, 1, 2, listener.fileno()}
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        from engine.runtime.syscalls import prctl
-
-        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        os.close(logfd)
         config = json.loads((container_dir / "monitor-config.json").read_bytes())
         Monitor(container_dir, listener, config, backend).run()
     except BaseException:
         log("fatal error:\n" + traceback.format_exc())
         code = 1
     os._exit(code)
+
+
+class _SpareMonitor(NamedTuple):
+    pid: int
+    channel: socket.socket  # the helper's end: the spare waits on the other one for its container
+
+
+def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
+    """A monitor forked (and detached) before its container is known, so a start skips that fork: it waits for
+    ``(container dir, listening socket)`` on a socket pair and exits on EOF (its helper is gone)."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.close()
+            _detach({theirs.fileno()})
+            data, ancillary, _, _ = theirs.recvmsg(4096, socket.CMSG_SPACE(4))
+            fds = [int.from_bytes(payload[:4], sys.byteorder, signed=True) for level, kind, payload in ancillary
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(payload) >= 4]
+            theirs.close()
+        except BaseException:
+            os._exit(0)
+        if not data or len(fds) != 1:
+            os._exit(0)
+        run_monitor(Path(os.fsdecode(data)), socket.socket(fileno=fds[0]), backend)
+    theirs.close()
+    return _SpareMonitor(pid, ours)
+
+
+def _hand_to_spare(spare: _SpareMonitor, container_dir: Path) -> bool:
+    """Give the spare its container; False (nothing bound is left behind) when the spare is gone."""
+    listener = _bind_monitor_socket(container_dir)
+    try:
+        spare.channel.sendmsg([os.fsencode(str(container_dir))],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, listener.fileno().to_bytes(4, sys.byteorder))])
+    except OSError:
+        return False
+    finally:
+        listener.close()
+    return True
 
 
 class _Server:
@@ -173,6 +240,8 @@ class _Server:
         self.backends: dict[str, Backend] = {}
         self.accepting = True
         self.last_activity = time.monotonic()
+        self.spare_monitor: _SpareMonitor | None = None
+        self.spares = False  # keep a spare monitor (the helper does; the CLI's template has spares of its own)
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
 
@@ -256,6 +325,8 @@ class _Server:
             except OSError:
                 self._drop(sock)
                 return None
+            finally:
+                self._refill_spare()  # after the reply: the fork is not on this start's path
             if op == "shutdown":
                 return "shutdown"
         return None
@@ -264,10 +335,23 @@ class _Server:
         try:
             if request.get("op") != "spawn":
                 raise ValueError(f"unknown request {request.get('op')!r}")
-            pid = spawn_monitor(Path(str(request["dir"])), self.backend(str(request["backend"])))
+            directory, ref = Path(str(request["dir"])), str(request["backend"])
+            spare, self.spare_monitor = self.spare_monitor, None
+            if spare is not None and ref == REAL_BACKEND and _hand_to_spare(spare, directory):
+                pid = spare.pid
+            else:
+                pid = spawn_monitor(directory, self.backend(ref))
+            if spare is not None:
+                spare.channel.close()  # handed over, or dead, or not for this backend (then it exits)
         except Exception as err:
             return {"ok": False, "message": str(err) or type(err).__name__}
         return {"ok": True, "pid": pid}
+
+    def _refill_spare(self) -> None:
+        """Fork the next spare monitor (of the production runtime) if the last one was used."""
+        if self.spares and self.spare_monitor is None and self.accepting:
+            with contextlib.suppress(Exception):
+                self.spare_monitor = _fork_spare_monitor(self.backend(REAL_BACKEND))
 
     def _shutdown(self) -> dict[str, object]:
         self._unlink_socket()
@@ -299,13 +383,20 @@ class _Server:
     def _stop_accepting(self) -> None:
         if not self.accepting:
             return
+        self._drop_spare()
         self._accept()  # connections already queued are served before the helper exits
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.listener)
         self.listener.close()
         self.accepting = False
 
+    def _drop_spare(self) -> None:
+        if self.spare_monitor is not None:
+            self.spare_monitor.channel.close()  # EOF: the waiting spare exits
+            self.spare_monitor = None
+
     def close(self) -> None:
+        self._drop_spare()
         for sock, _ in list(self.clients.values()):
             sock.close()
         self.clients.clear()
@@ -333,6 +424,8 @@ def main(listen_fd: int, state_root: str, socket_name: str, idle: float) -> None
         # collection in a monitor does not copy (and, on a VM, fault in) pages it never otherwise touches.
         gc.collect()
         gc.freeze()
+        server.spares = True
+        server._refill_spare()
         server.serve()
     finally:
         server.close()

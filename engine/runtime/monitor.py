@@ -509,10 +509,11 @@ class Monitor(MonitorIO):
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        write_json_atomic(self.dir / MONITOR_FILE, {
-            "monitor_pid": os.getpid(), "boot_id": boot_id(), "socket": str(self.dir / SOCKET_FILE)})
         self.backend.warm(self.spec)
         self.start_container()
+        # Written while the init sets the container up (nobody reads it before this loop answers).
+        write_json_atomic(self.dir / MONITOR_FILE, {
+            "monitor_pid": os.getpid(), "boot_id": boot_id(), "socket": str(self.dir / SOCKET_FILE)})
         linger_until: float | None = None
         while True:
             if self.done:

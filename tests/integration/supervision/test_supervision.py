@@ -27,7 +27,7 @@ from engine.runtime.protocol import read_json
 from engine.runtime.spec import RuntimeSpec
 from engine.runtime.supervisor import LiveState, Supervisor
 from tests.support.gated_backend import gate_path
-from tests.support.procs import alive
+from tests.support.procs import alive, children
 from tests.support.wait import async_wait_until
 
 from .conftest import Bed, cgroup_dirs
@@ -70,6 +70,34 @@ async def test_monitors_are_the_helpers_children_but_not_taken_for_helpers(bed: 
     assert int(fields[1]) == helper  # forked once (its own session), reaped by the kernel when it ends
     assert int(fields[3]) == state.monitor_pid  # session id: a session leader
     await supervisor.stop(cdir, 0)
+
+
+def _spare_monitors(helper: int) -> list[int]:
+    """The helper's children that are monitors of no container yet (stdio on /dev/null, no monitor.sock held)."""
+    spares = []
+    for pid in children(helper):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "kb-monitor" and os.readlink(
+                    f"/proc/{pid}/fd/2") == "/dev/null":
+                spares.append(pid)
+    return spares
+
+
+async def test_a_start_takes_the_spare_monitor_forked_ahead(bed: Bed, supervisor: Supervisor) -> None:
+    helper = await supervisor.helper_pid()
+    await async_wait_until(lambda: len(_spare_monitors(helper)) == 1, "a spare monitor")
+    (spare,) = _spare_monitors(helper)
+    cdir, spec = bed.container(["sleep", "300"])
+    state = await start(supervisor, cdir, spec)
+    assert state.monitor_pid == spare
+    with open(f"/proc/{spare}/stat") as handle:
+        assert int(handle.read().rsplit(")", 1)[1].split()[3]) == spare  # its own session, like any monitor
+    await async_wait_until(lambda: len(_spare_monitors(helper)) == 1, "the next spare")
+    (following,) = _spare_monitors(helper)
+    assert following != spare
+    await supervisor.stop(cdir, 0)
+    await supervisor.close(stop_helper=True)
+    await async_wait_until(lambda: not alive(following), "the spare to end with its helper")
 
 
 async def test_stdin_typed_while_a_terminal_container_starts_reaches_it(bed: Bed) -> None:
