@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from engine import errors
 from engine.container_create import (
     CreateOptions,
-    VolumePlan,
     config_document,
     host_config_document,
     layers_bottom_up,
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
     from engine.network import NetworkManager
     from engine.runtime.spec import RuntimeSpec
     from engine.runtime.supervisor import LiveState, Supervisor
-    from engine.snapshots import Mount, Snapshotter
+    from engine.snapshots import Snapshotter
 
 __all__ = ["ContainerManager", "CreateOptions", "parse_restart_policy", "parse_signal"]
 
@@ -187,7 +186,10 @@ class ContainerManager(ContainerExecVerbs):
                 (bundle / "container.json").write_text("{}")  # claims the name for other processes
         snapshotter = self._snapshotter()
         key = f"container-{container_id}"
-        def prepare_root() -> tuple[list[Mount], Path, VolumePlan]:
+        tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
+        netns_path = None if network in ("none", "host") else str(self._network_manager().netns_path(container_id))
+
+        def build() -> ContainerRecord:
             # One thread hop for the whole blocking part (each hop costs a thread wake-up or two).
             root_mounts = snapshotter.prepare(key, top)
             if options.auto_remove:
@@ -198,13 +200,6 @@ class ContainerManager(ContainerExecVerbs):
             user_db = write_user_db(layer_dirs, bundle / "userdb")
             volumes = resolve_volumes(self.volumes, options, image_config, layer_dirs)
             (bundle / "rootfs").mkdir(exist_ok=True)
-            return root_mounts, user_db, volumes
-
-        try:
-            root_mounts, user_db, volumes = await asyncio.to_thread(prepare_root)
-            tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
-            netns_path = None if network in ("none", "host") else str(
-                self._network_manager().netns_path(container_id))
             spec = plan_container(
                 container_id=container_id, image_config=image_config,
                 options=run_options(options, network=network, netns_path=netns_path, binds=volumes.binds,
@@ -212,7 +207,6 @@ class ContainerManager(ContainerExecVerbs):
                 rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
                 seccomp_cache_dir=self.store.root / SECCOMP_CACHE,
             )
-            spec_text = _json_dump(spec.to_json())
             container_config = config_document(options, image_config, image_ref=image_ref,
                                                hostname=spec.hostname, env=spec.process.env)
             record = ContainerRecord(
@@ -224,14 +218,14 @@ class ContainerManager(ContainerExecVerbs):
                 mounts=volumes.mounts,
             )
             parse_log_opts(options.log_opts)
+            (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
+            # An --rm container is removed when it exits, and by recover() after a host crash: its record needs
+            # no fsync (~1 ms on the start path).
+            self.store.save(record, sync=not options.auto_remove)
+            return record
 
-            def persist() -> None:
-                (bundle / "spec.json").write_text(spec_text)
-                # An --rm container is removed when it exits, and by recover() after a host crash: its record
-                # needs no fsync (~1 ms on the start path).
-                self.store.save(record, sync=not options.auto_remove)
-
-            await asyncio.to_thread(persist)
+        try:
+            record = await asyncio.to_thread(build)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(snapshotter.remove, key)

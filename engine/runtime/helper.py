@@ -30,12 +30,12 @@ Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per c
 Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and hands it
 to a monitor process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its
 container directory and listening socket, so a start does not wait for a fork and its set-up: ~2 ms), or, when
-none is there (or the request names a test backend), one forked on the spot. The next spare is forked after the
-reply. Either way the monitor calls ``setsid``, in its own session, so it outlives the helper and the app (when
-the helper exits, its monitors are reparented to init or the nearest subreaper; while it runs, the kernel reaps
-the ones that end, as the helper ignores SIGCHLD); a waiting spare exits with its helper (EOF). Monitors keep
-the helper's command line but are named ``kb-monitor`` (``/proc/<pid>/comm``), which is how
-:func:`helper_pids` tells them apart.
+none is there (or the request names a test backend), one forked on the spot. The next spare is forked 50 ms
+after the reply, so that fork does not take a core from the start just begun. Either way the monitor calls
+``setsid``, in its own session, so it outlives the helper and the app (when the helper exits, its monitors are
+reparented to init or the nearest subreaper; while it runs, the kernel reaps the ones that end, as the helper
+ignores SIGCHLD); a waiting spare exits with its helper (EOF). Monitors keep the helper's command line but are
+named ``kb-monitor`` (``/proc/<pid>/comm``), which is how :func:`helper_pids` tells them apart.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ FORKED_PREFIX: Final = "kb-"
 MONITOR_NAME: Final = "kb-monitor"
 _CHECK_SECONDS: Final = 2.0  # how often an idle helper checks that its socket file is still its own
 _SEND_TIMEOUT: Final = 10.0
+_REFILL_DELAY: Final = 0.05  # after a spawn, before forking the next spare monitor
 
 # Run as ``python -I -S -c BOOTSTRAP <listen fd> <project dir> <state root> <socket name> <idle seconds>``. It
 # forks at once and the parent exits, so the helper is nobody's child (the starting engine reaps that parent in
@@ -241,6 +242,7 @@ class _Server:
         self.accepting = True
         self.last_activity = time.monotonic()
         self.spare_monitor: _SpareMonitor | None = None
+        self.refill_at: float | None = None  # when to fork the next spare monitor
         self.spares = False  # keep a spare monitor (the helper does; the CLI's template has spares of its own)
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
@@ -269,11 +271,17 @@ class _Server:
                     self._retire()
                     continue
                 timeout = min(_CHECK_SECONDS, self.last_activity + self.idle - now)
+            if self.refill_at is not None:
+                wait = max(0.0, self.refill_at - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             for key, _ in self.sel.select(timeout):
                 if key.data == "listen":
                     self._accept()
                 elif self._on_readable(key.fileobj) == "shutdown":  # type: ignore[arg-type]
                     return
+            if self.refill_at is not None and time.monotonic() >= self.refill_at:
+                self.refill_at = None
+                self._refill_spare()
 
     def _accept(self) -> None:
         while True:
@@ -326,7 +334,9 @@ class _Server:
                 self._drop(sock)
                 return None
             finally:
-                self._refill_spare()  # after the reply: the fork is not on this start's path
+                if self.spares and self.spare_monitor is None and self.refill_at is None:
+                    # Not now: forking (and the spare's set-up) would take a core from the start just begun.
+                    self.refill_at = time.monotonic() + _REFILL_DELAY
             if op == "shutdown":
                 return "shutdown"
         return None
