@@ -43,8 +43,20 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Final
 
-__all__ = ["BOOTSTRAP", "DISABLE_ENV", "LOCK_FILE", "MAGIC", "PRELOADS", "TARGET", "command_word", "encode_request",
-           "run", "socket_name", "state_root"]
+__all__ = [
+    "BOOTSTRAP",
+    "DISABLE_ENV",
+    "LOCK_FILE",
+    "MAGIC",
+    "PRELOADS",
+    "PREPARE",
+    "TARGET",
+    "command_word",
+    "encode_request",
+    "run",
+    "socket_name",
+    "state_root",
+]
 
 DISABLE_ENV: Final = "KITEBOX_FORKSERVER"
 LOCK_FILE: Final = "helper.lock"  # the monitor helper's: the template retires under it (see _Server._retire)
@@ -57,14 +69,17 @@ _FORWARDED: Final = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGU
 _GLOBAL_WITH_VALUE: Final = ("--root", "--config")
 
 # ``python -I -c BOOTSTRAP <listen fd> <project dir> <state root> <socket name> <idle seconds> <target>
-# <preloads>``: the monitor helper's argument layout, so engine.runtime.helper.helper_pids finds both kinds.
+# <preloads> <prepare>``: the monitor helper's argument layout, so engine.runtime.helper.helper_pids finds both
+# kinds.
 BOOTSTRAP: Final = (
     "import sys\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from engine.forkserver import main\n"
-    "main(int(sys.argv[1]),sys.argv[3],sys.argv[4],float(sys.argv[5]),sys.argv[6],sys.argv[7])\n"
+    "main(int(sys.argv[1]),sys.argv[3],sys.argv[4],float(sys.argv[5]),sys.argv[6],sys.argv[7],sys.argv[8])\n"
 )
 TARGET: Final = "app.cli.main:main"
+# What a spare worker does before its command arrives: open the state root's engine (see there).
+PREPARE: Final = "app.cli.main:prepare_worker"
 # The CLI's command modules (the engine's modules are always preloaded) and its parsers, built once.
 PRELOADS: Final = ("app.cli.containers,app.cli.exec,app.cli.images,app.cli.networks,app.cli.system,app.cli.volumes,"
                    "app.cli.output,app.cli.progress,app.cli.main:prebuild_parser")
@@ -191,7 +206,7 @@ def _start_template(root: str, path: str, idle: str) -> None:
         env = {key: value for key, value in os.environ.items()
                if key == "PATH" or key == "LANG" or key.startswith("LC_")}
         os.posix_spawn(sys.executable, [sys.executable, "-I", "-c", BOOTSTRAP, str(fd), _PROJECT, root,
-                                        os.path.basename(path), idle, TARGET, PRELOADS], env,
+                                        os.path.basename(path), idle, TARGET, PRELOADS, PREPARE], env,
                        file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],

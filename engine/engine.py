@@ -158,6 +158,11 @@ class Engine(ImageOps):
         supervisor = await self._open_supervisor()
         await supervisor.warm_up()
 
+    async def warm_up(self) -> None:
+        """Open now what a container command uses first -- the snapshotter and its metadata database -- for a front
+        end that expects a command soon (the CLI's spare worker opens its engine ahead of the command)."""
+        await asyncio.to_thread(self.snapshotter)
+
     async def create_container(
         self,
         image: str,

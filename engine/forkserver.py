@@ -123,6 +123,7 @@ class _Template(_Server):
     ahead of time (a spare: see :func:`_warm_up`), or forked on the spot when no spare is there."""
 
     target: Callable[[list[str]], int]
+    prepare: Callable[[str], None] | None = None
     spare: _Spare | None = None
 
     def serve(self) -> None:
@@ -178,7 +179,7 @@ class _Template(_Server):
             _set_process_name(WORKER_NAME)
             self.sel.close()
             self.listener.close()
-            _warm_up(channel, previous)
+            _warm_up(channel, previous, self.prepare, str(self.root))
             fds = _receive_fds(channel, 1)
             channel.close()
         except BaseException:
@@ -260,16 +261,17 @@ _WARM_AFTER_SECONDS: Final = 1.0
 _MADV_POPULATE_WRITE: Final = 23  # Linux 5.14
 
 
-def _warm_up(channel: socket.socket, previous: int) -> None:
+def _warm_up(channel: socket.socket, previous: int, prepare: Callable[[str], None] | None, state_root: str) -> None:
     """Make a spare's command run as fast as a second command in the same process would, not as a fresh fork.
 
     A fresh fork of the template pays as it goes: a copy-on-write page fault for each page of the inherited heap
     it writes (reference counts make that most pages it reads; ~2,000 faults, ~10 ms for ``run``), and the event
     loop's and executor thread's first set-up. The spare does both before its command exists: it writes the
     whole private heap at once (``MADV_POPULATE_WRITE``: one call per mapping instead of a fault per page; the
-    price is that heap, ~25 MB, held by the one waiting spare), then runs an event loop once with one thread hop.
-    It starts when the previous worker has ended (or after a second), so it never competes with that command for
-    the CPU, and stops as soon as its own command is waiting."""
+    price is that heap, ~25 MB, held by the one waiting spare), then calls the policy's ``prepare`` hook (the CLI
+    opens its engine there) or else runs an event loop once with one thread hop. It starts when the previous
+    worker has ended (or after a second), so it never competes with that command for the CPU, and stops as soon
+    as its own command is waiting."""
     if previous > 0:
         with contextlib.suppress(OSError):
             pidfd = os.pidfd_open(previous)
@@ -277,14 +279,16 @@ def _warm_up(channel: socket.socket, previous: int) -> None:
                 select.select([pidfd, channel.fileno()], [], [], _WARM_AFTER_SECONDS)
             finally:
                 os.close(pidfd)
+    if prepare is not None:
+        prepare(state_root)
+    else:
+        asyncio.run(asyncio.to_thread(int))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     for start, end in _private_heap():
         if _pending(channel):
             return
         libc.madvise(start, end - start, _MADV_POPULATE_WRITE)  # kernels before 5.14 refuse: no warm-up then
-    if not _pending(channel):
-        asyncio.run(asyncio.to_thread(int))
 
 
 def _private_heap() -> list[tuple[int, int]]:
@@ -368,10 +372,12 @@ def preload(names: list[str]) -> None:
     gc.freeze()
 
 
-def main(listen_fd: int, state_root: str, socket_name: str, idle: float, target: str, preloads: str) -> None:
+def main(listen_fd: int, state_root: str, socket_name: str, idle: float, target: str, preloads: str,
+         prepare: str = "") -> None:
     """Serve the listening socket ``listen_fd`` (bound at ``<state_root>/<socket_name>``) until retired: each
     command runs ``target`` (``module:function``) in a fork, after ``preloads`` (comma-separated, see
-    :func:`preload`) were loaded here once."""
+    :func:`preload`) were loaded here once; each spare worker calls ``prepare`` (``module:function``, with the
+    state root) when it has warmed up, before its command arrives."""
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C in the terminal that started us is not for us
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
@@ -384,6 +390,7 @@ def main(listen_fd: int, state_root: str, socket_name: str, idle: float, target:
         raise
     server = _Template(listener, Path(state_root), socket_name, idle)
     server.target = function
+    server.prepare = _resolve(prepare) if prepare else None
     try:
         server.serve()
     finally:

@@ -166,6 +166,31 @@ def test_the_spare_ends_with_its_template(loaded: Cli) -> None:
                "the template and its spare to exit")
 
 
+def test_commands_with_the_default_configuration_run_on_the_engine_the_spare_opened(loaded: Cli) -> None:
+    """The spare opens the state root's engine with the default configuration (the test commands have a config of
+    their own, so they always close it and open theirs): commands without one run on it."""
+    (template,) = _templates(loaded.root)
+    wait_until(lambda: len(_spares(template)) == 1, "a spare worker")
+    (spare,) = _spares(template)
+    wait_until(lambda: any(link.endswith("/images.db") for link in _fd_links(spare)), "the spare's engine")
+    env = {key: value for key, value in os.environ.items() if key != "KITEBOX_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-m", "app.main", "--root", str(loaded.root), "run", "--rm",
+                             "--network", "none", loaded.image, "echo", "prepared"], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "prepared\n"), result.stderr
+    assert loaded("ps", "-a", "-q").stdout == ""  # removed: the --rm ran to its end on that engine
+
+
+def _fd_links(pid: int) -> list[str]:
+    links = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        link = _readlink(f"/proc/{pid}/fd/{name}")
+        if link is not None:
+            links.append(link)
+    return links
+
+
 def test_a_template_running_other_code_is_retired(loaded: Cli) -> None:
     (old,) = _templates(loaded.root)
     stale = loaded.root / "cli-0000000000000000.sock"
