@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         UserError,
     )
     from engine.events import Event, PullProgress
+    from engine.forkserver import report_exit
     from engine.image_ops import RemovedImage
     from engine.images import ImageRecord, LayerRecord
     from engine.logs import LogRecord, parse_time_arg
@@ -96,6 +97,7 @@ _LOCATIONS: dict[str, str] = {
     "default_root": "engine.config",
     "load_config": "engine.config",
     "parse_reference": "engine.reference",
+    "report_exit": "engine.forkserver",
 }
 
 
@@ -159,4 +161,5 @@ __all__ = [
     "load_config",
     "parse_reference",
     "parse_time_arg",
+    "report_exit",
 ]

@@ -49,7 +49,7 @@ from typing import Any, Final, NamedTuple, NoReturn
 
 from engine.runtime.helper import FORKED_PREFIX, _Server, _set_process_name
 
-__all__ = ["MAGIC", "Request", "decode_request", "main"]
+__all__ = ["MAGIC", "Request", "decode_request", "main", "report_exit"]
 
 MAGIC: Final = b"KB1"  # app/forkclient.py writes it (a test keeps the two equal)
 
@@ -222,17 +222,40 @@ class _Template(_Server):
             sock.settimeout(None)
             sock.sendall(b"P%d\n" % os.getpid())
             threading.Thread(target=_die_with_client, args=(sock,), name="client-watch", daemon=True).start()
+            global _client
+            _client = sock
             code = _run_command(self.target, request)
         except BaseException:
             with contextlib.suppress(BaseException):
                 traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(BaseException):
-                    stream.flush()
-            with contextlib.suppress(BaseException):
-                sock.sendall(b"X%d\n" % code)
+            report_exit(code)
             os._exit(0)
+
+
+_client: socket.socket | None = None  # in a worker: the connection its exit code goes back on
+_reported = False
+
+
+def report_exit(code: int) -> None:
+    """In a worker: the command is done (its output written, its exit code known): flush its output, let go of
+    the client's stdio (a reader of a pipe sees EOF) and send the code -- the client exits with it at once, and the
+    command's clean-up (closing its engine, joining its threads) goes on here without anyone waiting. Only the
+    first call counts; outside a worker it does nothing."""
+    global _reported
+    if _client is None or _reported:
+        return
+    _reported = True
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    with contextlib.suppress(BaseException):
+        _client.sendall(b"X%d\n" % code)
 
 
 def _hand_over(channel: socket.socket, sock: socket.socket) -> bool:
@@ -338,11 +361,13 @@ def _run_command(target: Callable[[list[str]], int], request: Request) -> int:
 
 
 def _die_with_client(sock: socket.socket) -> None:
-    """Block until the client's end of the connection closes; if it does first, end this command's process."""
+    """Block until the client's end of the connection closes; if it does before the command reported its exit
+    code, end this command's process."""
     with contextlib.suppress(OSError):
         while sock.recv(4096):
             pass
-    os.kill(os.getpid(), signal.SIGKILL)
+    if not _reported:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _resolve(name: str) -> Any:

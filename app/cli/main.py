@@ -113,6 +113,10 @@ async def _run(args: argparse.Namespace, engine: Engine | None = None) -> int:
         engine = await Engine.open(args.root, config=config)
     try:
         result: int = await args.handler(engine, args)
+        if "engine.forkserver" in sys.modules:  # run by the warm template (else: not worth importing it)
+            from engine import report_exit
+
+            report_exit(result)  # the client exits now, while this process closes the engine
         return result
     finally:
         await engine.close()

@@ -13,6 +13,7 @@ from app.forkclient import MAGIC, command_word, encode_request, socket_name, sta
 from engine.config import default_root
 from engine.forkserver import MAGIC as SERVER_MAGIC
 from engine.forkserver import Request, decode_request
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,34 @@ def test_the_client_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_exit_sends_the_code_once_and_lets_go_of_the_callers_stdio(tmp_path: Path) -> None:
+    """In a worker, a command that reports its exit code early: the client gets the code, a reader of its stdout
+    pipe sees EOF although the worker goes on (closing its engine), and a second report changes nothing."""
+    import textwrap
+
+    received = tmp_path / "received"
+    code = textwrap.dedent("""
+        import pathlib, socket, sys, time
+        import engine.forkserver as fs
+        ours, theirs = socket.socketpair()
+        fs._client = theirs
+        print("out")
+        fs.report_exit(3)
+        fs.report_exit(4)
+        print("lost", flush=True)
+        theirs.close()
+        pathlib.Path(sys.argv[1] + ".tmp").write_bytes(ours.recv(64))
+        pathlib.Path(sys.argv[1] + ".tmp").rename(sys.argv[1])
+        time.sleep(30)
+    """)
+    with subprocess.Popen([sys.executable, "-c", code, str(received)], stdout=subprocess.PIPE,
+                          cwd=Path(__file__).resolve().parents[2]) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.read() == b"out\n"  # EOF while it still runs: its stdout was let go of
+            wait_until(lambda: received.exists() and received.read_bytes() == b"X3\n", "the exit code sent once")
+            assert process.poll() is None
+        finally:
+            process.kill()
