@@ -30,7 +30,7 @@ Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per c
 Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and hands it
 to a monitor process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its
 container directory and listening socket, so a start does not wait for a fork and its set-up: ~2 ms), or, when
-none is there (or the request names a test backend), one forked on the spot. The next spare is forked 50 ms
+none is there (or the request names a test backend), one forked on the spot. The next spare is forked 20 ms
 after the reply, so that fork does not take a core from the start just begun. Either way the monitor calls
 ``setsid``, in its own session, so it outlives the helper and the app (when the helper exits, its monitors are
 reparented to init or the nearest subreaper; while it runs, the kernel reaps the ones that end, as the helper
@@ -70,7 +70,7 @@ FORKED_PREFIX: Final = "kb-"
 MONITOR_NAME: Final = "kb-monitor"
 _CHECK_SECONDS: Final = 2.0  # how often an idle helper checks that its socket file is still its own
 _SEND_TIMEOUT: Final = 10.0
-_REFILL_DELAY: Final = 0.05  # after a spawn, before forking the next spare monitor
+_REFILL_DELAY: Final = 0.02  # after a spawn, before forking the next spare monitor
 
 # Run as ``python -I -S -c BOOTSTRAP <listen fd> <project dir> <state root> <socket name> <idle seconds>``. It
 # forks at once and the parent exits, so the helper is nobody's child (the starting engine reaps that parent in
