@@ -289,7 +289,6 @@ class Monitor(MonitorIO):
                     self.cgroup.thaw()
                 self.cgroup.kill_all(signal.SIGKILL)
                 oom = self.cgroup.oom_killed()
-                self.cgroup.destroy()
             except Exception as err:
                 log(f"cleaning up the cgroup failed: {err}")
         self._drain_outputs()
@@ -297,15 +296,24 @@ class Monitor(MonitorIO):
             code = _EXIT_CODES.get(self.start_error["kind"], 125)
         self._record_exit(code, oom)
         ran_for = time.monotonic() - self.started_mono
-        if self._should_restart(code):
-            self.restart_count += 1
-            self.backoff = (_BACKOFF_START if ran_for >= _BACKOFF_RESET_AFTER or not self.backoff
-                            else min(self.backoff * 2, _BACKOFF_MAX))
-            self.status = "restarting"
-            self._write_state()
-            heapq.heappush(self.timers, (time.monotonic() + self.backoff, "restart"))
-        else:
+        if not self._should_restart(code):
             self._finish()
+            self._destroy_cgroup()  # after the waiters have their answer: it may wait for killed processes to go
+            return
+        self._destroy_cgroup()
+        self.restart_count += 1
+        self.backoff = (_BACKOFF_START if ran_for >= _BACKOFF_RESET_AFTER or not self.backoff
+                        else min(self.backoff * 2, _BACKOFF_MAX))
+        self.status = "restarting"
+        self._write_state()
+        heapq.heappush(self.timers, (time.monotonic() + self.backoff, "restart"))
+
+    def _destroy_cgroup(self) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.destroy()
+            except Exception as err:
+                log(f"removing the cgroup failed: {err}")
 
     def _should_restart(self, code: int) -> bool:
         if self.exit_on_next or self.start_error is not None or self.policy == "no":
