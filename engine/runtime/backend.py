@@ -44,7 +44,8 @@ class Backend(Protocol):
     # ``console_fd`` (``-t``): the socket on which the child sends the master of the terminal it allocates in
     # the container's /dev/pts (see engine.runtime.pty); -1 without a terminal.
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn: ...
+                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None,
+                           netns_fd: int = -1) -> NoReturn: ...
     def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,
                  stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int = -1) -> NoReturn: ...
 
@@ -94,11 +95,12 @@ class RealBackend:
         new_pid_namespace()
 
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn:
+                           error_fd: int, console_fd: int = -1, cgroup: CgroupLike | None = None,
+                           netns_fd: int = -1) -> NoReturn:
         from engine.runtime.executor import run_container_init
 
         run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, error_fd=error_fd,
-                           console_fd=console_fd, cgroup=cgroup)
+                           console_fd=console_fd, cgroup=cgroup, netns_fd=netns_fd)
         os._exit(125)  # run_container_init never returns; this only satisfies NoReturn
 
     def run_exec(self, spec: Any, request: dict[str, Any], *, init_pid: int, cgroup: CgroupLike, stdin_fd: int,

@@ -51,6 +51,7 @@ from engine.runtime.spec import CapabilitySet, MountSpec, RootMount, RuntimeSpec
 __all__ = [
     "ContainerStartError",
     "error_from_report",
+    "loopback_up",
     "main",
     "new_pid_namespace",
     "run_container_init",
@@ -98,19 +99,21 @@ def _report(error_fd: int, kind: str, message: str) -> None:
 
 
 def run_container_init(spec: RuntimeSpec, *, stdin_fd: int, stdout_fd: int, stderr_fd: int,
-                       error_fd: int, console_fd: int = -1, cgroup: CgroupManager | None = None) -> NoReturn:
+                       error_fd: int, console_fd: int = -1, cgroup: CgroupManager | None = None,
+                       netns_fd: int = -1) -> NoReturn:
     """Set up the container described by ``spec`` in this (forked) process and exec its command.
 
     Never returns and never raises: any failure is reported on ``error_fd`` and ends the process. With a
     ``console_fd`` (``-t``) the terminal is allocated in the container's /dev/pts (:mod:`engine.runtime.pty`).
     With ``cgroup`` the caller has created the container's cgroup and forked this process with its
     :meth:`~engine.runtime.cgroups.CgroupManager.fork`; without, the init creates it. The init joins it first
-    thing (see :class:`~engine.runtime.cgroups.CgroupEntry`).
+    thing (see :class:`~engine.runtime.cgroups.CgroupEntry`). ``netns_fd``: a fresh network namespace, its loopback up,
+    made ahead by the caller, joined instead of creating one (when the spec wants a new one).
     """
     try:
         os.set_inheritable(error_fd, False)
         _init(spec, stdin_fd, stdout_fd, stderr_fd, error_fd, console_fd,
-              CgroupEntry(spec.cgroup, cgroup, namespace="cgroup" in spec.namespaces))
+              CgroupEntry(spec.cgroup, cgroup, namespace="cgroup" in spec.namespaces), netns_fd)
     except ContainerStartError as err:
         _report(error_fd, err.kind, str(err))
         os._exit(_EXIT[err.kind])
@@ -139,7 +142,7 @@ def _setup_stdio(stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int) -
 
 
 def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int,
-          console_fd: int, cgroup: CgroupEntry) -> NoReturn:
+          console_fd: int, cgroup: CgroupEntry, netns_fd: int = -1) -> NoReturn:
     error_fd = _setup_stdio(stdin_fd, stdout_fd, stderr_fd, error_fd)
     # Seccomp: get the program while the host's libseccomp and the container dir are reachable; loaded below.
     seccomp_program = seccomp_program_of(spec)
@@ -152,9 +155,12 @@ def _init(spec: RuntimeSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, erro
         flags |= _NAMESPACE_FLAGS.get(name, 0)
     if not flags & syscalls.CLONE_NEWNS:
         raise ContainerStartError("failed", "a container needs its own mount namespace")
+    if flags & syscalls.CLONE_NEWNET and netns_fd >= 0:
+        syscalls.setns(netns_fd, syscalls.CLONE_NEWNET)  # made ahead, loopback up (creating one costs ~0.7 ms)
+        flags &= ~syscalls.CLONE_NEWNET
     syscalls.unshare(flags & ~syscalls.CLONE_NEWCGROUP)  # the cgroup namespace only once in the cgroup
     if flags & syscalls.CLONE_NEWNET:
-        _loopback_up()
+        loopback_up()
     if spec.netns_path:
         netns = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         syscalls.setns(netns, syscalls.CLONE_NEWNET)
@@ -244,7 +250,7 @@ def become_and_exec(*, error_fd: int, no_new_privileges: bool, seccomp_program: 
         raise _exec_error(args[0], err) from err
 
 
-def _loopback_up() -> None:
+def loopback_up() -> None:
     """Bring ``lo`` up in a fresh network namespace (``--network none``: loopback only, but working)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14x", b"lo", 0)

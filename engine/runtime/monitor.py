@@ -77,8 +77,9 @@ class Monitor(MonitorIO):
     """One container's supervisor loop. Construct in the forked monitor process, then :meth:`run`."""
 
     def __init__(self, container_dir: Path, listener: socket.socket, config: dict[str, Any],
-                 backend: Backend) -> None:
+                 backend: Backend, *, netns_fd: int = -1) -> None:
         self.dir = container_dir
+        self.netns_fd = netns_fd  # a network namespace made ahead, for the first start only
         self.listener = listener
         self.backend = backend
         self.spec = backend.load_spec(config["spec"])
@@ -180,6 +181,9 @@ class Monitor(MonitorIO):
             self._child(stdin_fd, stdout_fd, stderr_fd, error_w, console_fd)
         for fd in (*child_fds, error_w):
             os.close(fd)
+        if self.netns_fd >= 0:
+            os.close(self.netns_fd)  # the init has it; a restart makes a fresh namespace
+            self.netns_fd = -1
         self.pid = pid
         self.error_r = error_r
         self.status = "starting"
@@ -187,12 +191,12 @@ class Monitor(MonitorIO):
         self.sel.register(error_r, selectors.EVENT_READ, "error")
 
     def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int) -> None:
-        cgroup = self.cgroup
+        cgroup, netns_fd = self.cgroup, self.netns_fd
 
         def become_init() -> Any:
             self.backend.run_container_init(self.spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
                                             stderr_fd=stderr_fd, error_fd=error_fd, console_fd=console_fd,
-                                            cgroup=cgroup)
+                                            cgroup=cgroup, netns_fd=netns_fd)
 
         child_guard(error_fd, become_init)
 

@@ -24,11 +24,10 @@ def gate_path(container_id: str) -> Path:
 
 class GatedBackend(RealBackend):
     def run_container_init(self, spec: Any, *, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int,
-                           console_fd: int = -1, cgroup: CgroupLike | None = None) -> NoReturn:
+                           console_fd: int = -1, cgroup: CgroupLike | None = None, netns_fd: int = -1) -> NoReturn:
         gate = gate_path(spec.id)
         deadline = time.monotonic() + _WAIT_SECONDS
         while not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.01)  # a stand-in runtime, polling for the test's go-ahead
         super().run_container_init(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd,
-                                   error_fd=error_fd, console_fd=console_fd, cgroup=cgroup,
-                                   )
+                                   error_fd=error_fd, console_fd=console_fd, cgroup=cgroup, netns_fd=netns_fd)

@@ -87,9 +87,14 @@ async def test_a_start_takes_the_spare_monitor_forked_ahead(bed: Bed, supervisor
     helper = await supervisor.helper_pid()
     await async_wait_until(lambda: len(_spare_monitors(helper)) == 1, "a spare monitor")
     (spare,) = _spare_monitors(helper)
-    cdir, spec = bed.container(["sleep", "300"])
+    cdir, spec = bed.container(["sh", "-c", "cat /sys/class/net/lo/flags; exec sleep 300"])
     state = await start(supervisor, cdir, spec)
-    assert state.monitor_pid == spare
+    assert state.monitor_pid == spare and state.pid
+    # Its network namespace was made by the spare ahead of time: its own, loopback up (IFF_UP | IFF_LOOPBACK).
+    host = os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{spare}/ns/net") == host != os.readlink(f"/proc/{state.pid}/ns/net")
+    await async_wait_until(lambda: log_lines(cdir, spec) != [], "the container's output")
+    assert '"log":"0x9\\n"' in log_lines(cdir, spec)[0]
     with open(f"/proc/{spare}/stat") as handle:
         assert int(handle.read().rsplit(")", 1)[1].split()[3]) == spare  # its own session, like any monitor
     await async_wait_until(lambda: len(_spare_monitors(helper)) == 1, "the next spare")
