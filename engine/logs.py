@@ -31,7 +31,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -112,6 +112,27 @@ def _rfc3339nano(ns: int) -> str:
 # --- writer ------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _rotation_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """``flock`` of ``.<log name>.rotate`` beside the log: the writer holds it exclusively while it shifts the
+    rotated files' names (a few renames), a follower shares it while it lists them. Without the lock file (a
+    read-only directory) the follower goes on unlocked."""
+    import fcntl
+
+    try:
+        fd = os.open(path.with_name(f".{path.name}.rotate"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 class LogWriter:
     """Appends records to ``path`` with Docker's rotation. Not thread-safe: one writer (the monitor) per file.
 
@@ -159,12 +180,13 @@ class LogWriter:
             self._size = 0
             return
         os.close(self._fd)
-        for n in range(self.max_file - 1, 1, -1):
-            older = self.path.with_name(f"{self.path.name}.{n - 1}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fd = self._open()
+        with _rotation_lock(self.path, exclusive=True):  # followers never see the names half shifted
+            for n in range(self.max_file - 1, 1, -1):
+                older = self.path.with_name(f"{self.path.name}.{n - 1}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{n}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self._fd = self._open()
         self._size = 0
 
     def close(self) -> None:
@@ -391,24 +413,25 @@ class _Cursor:
         self._offsets: list[int] = []
         self._index = 0
         self._current_ino: int | None = None
-        try:
-            current = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            current = -1
-        except OSError as err:
-            raise from_oserror(err, f"log file {path}") from err
-        seen = {os.fstat(current).st_ino} if current >= 0 else set()
-        for rotated in self._rotated_paths():
+        with _rotation_lock(path, exclusive=False):  # the chain as one consistent picture
             try:
-                fd = os.open(rotated, os.O_RDONLY | os.O_CLOEXEC)
+                current = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                continue
-            ino = os.fstat(fd).st_ino
-            if ino in seen:  # rotated between our two opens: we hold it already
-                os.close(fd)
-                continue
-            seen.add(ino)
-            self._files.append(fd)
+                current = -1
+            except OSError as err:
+                raise from_oserror(err, f"log file {path}") from err
+            seen = {os.fstat(current).st_ino} if current >= 0 else set()
+            for rotated in self._rotated_paths():
+                try:
+                    fd = os.open(rotated, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                ino = os.fstat(fd).st_ino
+                if ino in seen:  # rotated between our two opens (max-file=1 replaces without the lock)
+                    os.close(fd)
+                    continue
+                seen.add(ino)
+                self._files.append(fd)
         if current >= 0:
             self._files.append(current)
             self._current_ino = os.fstat(current).st_ino
@@ -491,33 +514,30 @@ class _Cursor:
             return False
 
     def _chain(self) -> list[tuple[Path, int]]:
-        """(path, inode) of the existing files, oldest first, from two identical consecutive looks (a writer
-        renaming meanwhile would give an inconsistent picture)."""
-        previous: list[tuple[Path, int]] | None = None
-        for _ in range(100):
-            current: list[tuple[Path, int]] = []
-            for candidate in [*self._rotated_paths(), self.path]:
-                with contextlib.suppress(FileNotFoundError):
-                    current.append((candidate, os.stat(candidate).st_ino))
-            if current == previous:
-                break
-            previous = current
+        """(path, inode) of the existing files, oldest first (call it under the rotation lock)."""
+        current: list[tuple[Path, int]] = []
+        for candidate in [*self._rotated_paths(), self.path]:
+            with contextlib.suppress(FileNotFoundError):
+                current.append((candidate, os.stat(candidate).st_ino))
         return current
 
     def _open_successor(self) -> bool:
         """Move to the file one rotation newer than ours: if ours is now ``.k`` that is ``.k-1`` (or the path),
         so a writer rotating several times between two reads loses nothing; if ours was deleted (``max-file``
-        reached, or ``max-file=1``), the oldest file left."""
-        chain = self._chain()
-        inodes = [ino for _, ino in chain]
-        position = inodes.index(self._current_ino) if self._current_ino in inodes else -1
-        fresh = [path for path, ino in chain[position + 1 :] if ino not in self._opened]
-        if not fresh:
-            return False
-        try:
-            fd = os.open(fresh[0], os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False  # rotated again meanwhile: the next call finds it
+        reached, or ``max-file=1``), the oldest file left. The names are listed and the file opened while the
+        writer cannot rotate: a rename cascade seen half done, or a name that moved on before the open, would
+        skip a file and its records."""
+        with _rotation_lock(self.path, exclusive=False):
+            chain = self._chain()
+            inodes = [ino for _, ino in chain]
+            position = inodes.index(self._current_ino) if self._current_ino in inodes else -1
+            fresh = [path for path, ino in chain[position + 1 :] if ino not in self._opened]
+            if not fresh:
+                return False
+            try:
+                fd = os.open(fresh[0], os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False  # deleted meanwhile (max-file=1 replaces without the lock): the next call finds it
         if os.fstat(fd).st_ino in (self._current_ino, *self._opened):
             os.close(fd)
             return False

@@ -114,7 +114,9 @@ async def test_rotation_shifts_files_and_keeps_max_file(tmp_path: Path) -> None:
     writer = LogWriter(path, max_size=300, max_file=3)
     write_lines(writer, 40)
     writer.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c-json.log", "c-json.log.1", "c-json.log.2"]
+    # (and the rotation lock, which followers share while they list the files: see the next test)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c-json.log.rotate", "c-json.log", "c-json.log.1",
+                                                          "c-json.log.2"]
     entry_size = len(path.read_text().splitlines()[0]) + 1
     for name in ("c-json.log.1", "c-json.log.2"):
         assert 300 <= (tmp_path / name).stat().st_size < 300 + entry_size  # checked before each write
@@ -220,6 +222,40 @@ async def test_follow_delivers_every_line_exactly_once_across_the_seam_and_rotat
         thread.join()
     assert received == [f"line {i}\n" for i in range(1500)]
     assert len(list(tmp_path.iterdir())) > 5  # rotations happened while following
+
+
+async def test_follow_loses_no_file_when_the_writer_rotates_while_the_names_are_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The follower lists the rotated files and opens the next one under the writer's rotation lock: a writer that
+    rotates right after the listing (here, forced by a hook) waits instead of shifting the names under the
+    follower -- which then opened a newer file than the next one, and a whole file of records was skipped."""
+    from engine import logs
+
+    path = tmp_path / "c-json.log"
+    writer = LogWriter(path, max_size=300, max_file=50)
+    reader = logs._Cursor(path, None)
+    write_lines(writer, 10)  # a few rotations: the reader has successors to find
+    real_chain = logs._Cursor._chain
+    rotating: list[threading.Thread] = []
+
+    def chain_then_the_writer_rotates(self: logs._Cursor) -> list[tuple[Path, int]]:
+        found = real_chain(self)
+        if not rotating:  # once: the writer rotates (and writes) between the listing and the open
+            rotating.append(threading.Thread(target=write_lines, args=(writer, 20, 10)))
+            rotating[0].start()
+            rotating[0].join(0.2)  # it cannot shift the names while the follower holds the lock
+        return found
+
+    monkeypatch.setattr(logs._Cursor, "_chain", chain_then_the_writer_rotates)
+    received: list[str] = []
+    while batch := reader.read_batch():
+        received += texts(batch)
+    rotating[0].join()
+    while batch := reader.read_batch():
+        received += texts(batch)
+    writer.close()
+    reader.close()
+    assert received == [f"line {i}\n" for i in range(30)]
 
 
 async def test_follow_of_a_stopped_container_returns_after_the_history(tmp_path: Path) -> None:
