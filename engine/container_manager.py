@@ -109,15 +109,17 @@ class ContainerManager(ContainerExecVerbs):
         refreshed.sort(key=lambda r: r.created, reverse=True)
         return refreshed
 
-    async def _refresh(self, record: ContainerRecord) -> ContainerRecord:
-        """Bring the record's state up to date with the monitor's files; handle ``--rm`` of exited ones."""
+    async def _refresh(self, record: ContainerRecord, *, live: LiveState | None = None) -> ContainerRecord:
+        """Bring the record's state up to date with the monitor's files (or ``live``, a state the monitor just
+        gave); handle ``--rm`` of exited ones."""
         if record.state.status in (Status.CREATED, Status.REMOVING):
             return record
-        if record.state.status in (Status.EXITED, Status.DEAD) and not (self.store.dir(record.id) /
-                                                                       "monitor.json").exists():
-            return record
-        supervisor = await self._supervisor()
-        live = await supervisor.state(self.store.dir(record.id))
+        if live is None:
+            if record.state.status in (Status.EXITED, Status.DEAD) and not (self.store.dir(record.id) /
+                                                                           "monitor.json").exists():
+                return record
+            supervisor = await self._supervisor()
+            live = await supervisor.state(self.store.dir(record.id))
         self._exec_ids[record.id] = live.exec_ids
         updated = _apply_live(record, live)
         if updated != record:
@@ -309,11 +311,13 @@ class ContainerManager(ContainerExecVerbs):
         if not record.state.running:
             return record.state.exit_code
         supervisor = await self._supervisor()
-        info = await supervisor.wait(self.store.dir(record.id))
+        final = await supervisor.wait_state(self.store.dir(record.id))
+        if final.exit is None:
+            raise errors.RuntimeFailure(f"container {record.name}: no exit recorded")
         # The refresh records the exit (and removes an --rm container, so the code comes from the monitor).
         with contextlib.suppress(errors.NotFound):
-            await self._refresh(await asyncio.to_thread(self.store.load, record.id))
-        return info.exit_code
+            await self._refresh(await asyncio.to_thread(self.store.load, record.id), live=final)
+        return final.exit.exit_code
 
     async def stop(self, text: str, *, timeout: float | None = None) -> ContainerRecord:
         record = await self.get(text)

@@ -369,7 +369,7 @@ class Monitor(MonitorIO):
             self._reply(client, {"ok": False, **(self.start_error or {"kind": "failed", "message": "exited"})})
         self.start_waiters.clear()
         for client in self.final_waiters:
-            self._reply(client, {"ok": True, "exit": self.last_exit})
+            self._reply(client, {"ok": True, "exit": self.last_exit, "state": self.state_dict()})
         self.final_waiters.clear()
 
     def _write_state(self) -> None:
@@ -399,7 +399,7 @@ class Monitor(MonitorIO):
             self._reply(client, {"ok": True, "state": self.state_dict()})
         elif op == "wait":
             if self.done:
-                self._reply(client, {"ok": True, "exit": self.last_exit})
+                self._reply(client, {"ok": True, "exit": self.last_exit, "state": self.state_dict()})
             else:
                 self.final_waiters.append(client)
         elif op == "kill":

@@ -242,12 +242,16 @@ class Supervisor:
 
     async def wait(self, container_dir: Path) -> ExitInfo:
         """Until the container has stopped for good (no restart pending)."""
+        return self._final_exit(container_dir, await self.wait_state(container_dir))
+
+    async def wait_state(self, container_dir: Path) -> LiveState:
+        """:meth:`wait`, returning the final state (what :meth:`state` would answer next, without asking)."""
         reply = await self._request(container_dir, {"op": "wait"}, timeout=None)
         if reply is not None and reply.get("exit") is not None:
-            info = _exit_info(reply["exit"])
-            assert info is not None
-            return info
-        return self._final_exit(container_dir, await asyncio.to_thread(self._reconcile, container_dir))
+            if reply.get("state") is not None:
+                return _live_state(reply["state"])
+            return LiveState("exited", None, None, _exit_info(reply["exit"]), 0, None)  # an older monitor
+        return await asyncio.to_thread(self._reconcile, container_dir)
 
     async def kill(self, container_dir: Path, signal: int) -> None:
         reply = await self._request(container_dir, {"op": "kill", "signal": int(signal)})
