@@ -240,7 +240,14 @@ class ContainerManager(ContainerExecVerbs):
     # -- start / stop ------------------------------------------------------------------------------------------
 
     async def start(self, text: str) -> ContainerRecord:
-        record = await self.get(text)
+        def look_up() -> tuple[ContainerRecord, RuntimeSpec | None]:
+            # A container just created (the usual case) needs no refresh: its spec comes in the same thread hop.
+            found = self.store.find(text)
+            created = found.state.status == Status.CREATED
+            return found, _spec_for_start(self.store.dir(found.id)) if created else None
+
+        record, spec = await asyncio.to_thread(look_up)
+        record = await self._refresh(record)
         if record.state.status == Status.PAUSED:
             raise errors.Conflict(f"cannot start a paused container {record.name}, try unpause instead")
         if record.state.running:
@@ -250,7 +257,8 @@ class ContainerManager(ContainerExecVerbs):
         bundle = self.store.dir(record.id)
         policy = record.host_config["RestartPolicy"]
         supervisor = await self._supervisor()
-        spec = await asyncio.to_thread(_spec_for_start, bundle)
+        if spec is None:
+            spec = await asyncio.to_thread(_spec_for_start, bundle)
         attachment = await self._attach_network(record, spec.hostname)
         if attachment is not None:
             record = ContainerRecord.from_json({**record.to_json(), "network": attachment})
