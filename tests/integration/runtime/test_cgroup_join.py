@@ -4,6 +4,7 @@ move would have put it -- in every hierarchy, with its limits applying."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -72,3 +73,28 @@ def test_without_clone3_the_child_joins_v2_itself(spec: CgroupSpec, manager: Cgr
     born, lines = _child_view(manager)
     assert not born
     assert lines and all(line.split(":", 2)[2] == f"/{spec.path}" for line in lines), lines
+
+
+def test_the_device_allow_list_is_set_once_on_the_parent_and_inherited() -> None:
+    """v1: the containers' parent gets Docker's device list before its first child (which then inherits it), so
+    each container's cgroup is born with it."""
+    if detect_cgroup_mode() == "v2":
+        pytest.skip("the devices controller is v1's (v2 uses eBPF)")  # CI is hybrid: this runs there
+    from engine.runtime.cgroups import DEVICE_ALLOW
+
+    parent = f"{PARENT}/kbd{uuid.uuid4().hex[:8]}"
+    specs = [CgroupSpec(f"{parent}/c{n}") for n in range(2)]
+    managers = [cgroup_manager(spec) for spec in specs]
+    devices = Path("/sys/fs/cgroup/devices")
+    try:
+        managers[0].create(specs[0])
+        assert (devices / parent / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
+        (devices / specs[1].path).mkdir()  # as the kernel would make it: inheriting the parent's list
+        assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
+        managers[1].create(specs[1])
+        assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
+    finally:
+        remove_cgroups(managers)
+        for base in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (base / parent).rmdir()
