@@ -187,16 +187,24 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return ids
 
 
+def default_concurrency() -> int:
+    """Layers applied at once by default: one per core, at most three. Each layer's worker keeps about a core
+    busy (decompressing and hashing in one thread, writing files in another); on two cores a third one only took
+    turns with the biggest layer, the pull's critical path (bench.pull here, one quiet run each: 1.19 s with 3
+    and 1.76 s of CPU, 1.02 s with 2 and 1.53 s of CPU)."""
+    return max(1, min(3, os.cpu_count() or 1))
+
+
 class Unpacker:
     """Unpacks images into ``snapshotter``; ``concurrency``: layers applied at once (overlay, root only)."""
 
     def __init__(
-        self, snapshotter: Snapshotter, content: ContentStore, limits: Limits, *, concurrency: int = 3
+        self, snapshotter: Snapshotter, content: ContentStore, limits: Limits, *, concurrency: int | None = None
     ) -> None:
         self._snapshotter = snapshotter
         self._content = content
         self._limits = limits
-        self._concurrency = max(1, concurrency)
+        self._concurrency = max(1, default_concurrency() if concurrency is None else concurrency)
 
     def missing(self, diff_ids: Sequence[str]) -> list[int]:
         """Positions of the layers whose snapshot does not exist yet."""
