@@ -477,13 +477,18 @@ class ContainerManager(ContainerExecVerbs):
         until: float | None = None,
     ) -> AsyncIterator[LogRecord]:
         from engine.logs import read_logs
+        from engine.runtime.protocol import EXIT_FILE, monitor_alive
 
-        record = await self.get(text)
+        # The stored record, refreshed (a request to its monitor) only when it says stopped while a monitor
+        # runs (restarted since): whether a running one still runs is asked of the files as the log is followed
+        # -- no exit recorded and its monitor alive.
+        record = await asyncio.to_thread(self.store.find, text)
         directory = self.store.dir(record.id)
+        if not record.state.running and await asyncio.to_thread(monitor_alive, directory):
+            record = await self._refresh(record)
 
         def running() -> bool:
-            state = directory / "exit.json"
-            return record.state.running and not state.exists()
+            return record.state.running and not (directory / EXIT_FILE).exists() and monitor_alive(directory)
 
         async for item in read_logs(self.log_path(record), tail=tail, since=since, until=until,
                                     follow=follow and record.state.running, is_running=running):

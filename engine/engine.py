@@ -192,12 +192,14 @@ class Engine(ImageOps):
 
         Returns the names of containers that were started again.
         """
+        from engine.runtime.protocol import monitor_alive
+
         restarted: list[str] = []
         live: list[str] = []
         for record in await asyncio.to_thread(self.containers.store.all):
             if not record.state.running:
                 continue
-            if await asyncio.to_thread(_monitor_alive, self.containers.store.dir(record.id)):
+            if await asyncio.to_thread(monitor_alive, self.containers.store.dir(record.id)):
                 live.append(record.id)  # the common case, checked without talking to the monitor
                 continue
             refreshed = await self.containers.get(record.id)
@@ -340,21 +342,6 @@ def _stale_attachments(root: Path, live: set[str]) -> bool:
     return bool(set(endpoints) - live)
 
 
-def _monitor_alive(bundle: Path) -> bool:
-    """Is the container's monitor (per its ``monitor.json``) still running, on this boot?"""
-    import json
-
-    try:
-        info = json.loads((bundle / "monitor.json").read_text())
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            if info.get("boot_id") != handle.read().strip():
-                return False
-        with open(f"/proc/{int(info['monitor_pid'])}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return False
-    # A killed monitor may linger as a zombie when nothing reaps orphans (a container as PID 1's child).
-    return state not in ("Z", "X")
 
 
 def _registry_domain(text: str) -> str:

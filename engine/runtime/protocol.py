@@ -53,6 +53,7 @@ __all__ = [
     "ProtocolError",
     "boot_id",
     "encode_frame",
+    "monitor_alive",
     "parse_signal",
     "read_json",
     "recv_frame",
@@ -159,6 +160,21 @@ def boot_id() -> str:
     """This boot's id: state written under another boot describes processes that no longer exist."""
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
+
+
+def monitor_alive(container_dir: Path) -> bool:
+    """Is the container's monitor (per its ``monitor.json``) still running, on this boot? Files only: no request,
+    so it answers even for a monitor too busy or too stuck to."""
+    try:
+        info = json.loads((container_dir / MONITOR_FILE).read_bytes())
+        if info.get("boot_id") != boot_id():
+            return False
+        with open(f"/proc/{int(info['monitor_pid'])}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    # A killed monitor may linger as a zombie when nothing reaps orphans (a container as PID 1's child).
+    return state not in ("Z", "X")
 
 
 def rfc3339nano(ns: int | None = None) -> str:

@@ -265,6 +265,25 @@ async def test_the_monitor_gets_the_seccomp_program_file_not_the_profile(engine:
     assert [item.data async for item in engine.containers.logs(record.id)] == [b"Seccomp:\t2\n"]
 
 
+async def test_following_the_log_of_a_container_whose_monitor_died_ends(engine: Engine, busybox: str) -> None:
+    """logs -f asks the files whether the container still runs; a monitor killed with no exit recorded (its
+    container dies with it) ends the following instead of leaving it waiting."""
+    record = await engine.create_container(busybox, CreateOptions(cmd=("sh", "-c", "echo up; exec sleep 300")))
+    await engine.containers.start(record.id)
+    bundle = engine.containers.store.dir(record.id)
+    monitor = json.loads((bundle / "monitor.json").read_text())["monitor_pid"]
+
+    stream = engine.containers.logs(record.id, follow=True)
+    assert (await asyncio.wait_for(stream.__anext__(), 10)).data == b"up\n"  # following now
+
+    async def rest() -> list[bytes]:
+        return [item.data async for item in stream]
+
+    os.kill(monitor, 9)
+    assert await asyncio.wait_for(rest(), 10) == []
+    await engine.containers.remove(record.id, force=True)
+
+
 async def test_log_rotation_options(engine: Engine, busybox: str) -> None:
     record = await engine.create_container(busybox, CreateOptions(
         cmd=("sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done"),
