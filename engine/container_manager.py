@@ -313,15 +313,24 @@ class ContainerManager(ContainerExecVerbs):
         )
         return attachment.settings
 
-    async def wait(self, text: str) -> int:
-        """Block until the container stops for good; returns its exit code."""
+    async def wait(self, text: str, *, remove: bool = False) -> int:
+        """Block until the container stops for good; returns its exit code. ``remove``: then remove it with its
+        anonymous volumes, as ``run --rm`` does, in the same pass (its exit is published, not saved first)."""
         record = await self.get(text)
         if not record.state.running:
+            if remove:
+                await self._destroy(record, volumes=True)
             return record.state.exit_code
         supervisor = await self._supervisor()
         final = await supervisor.wait_state(self.store.dir(record.id))
         if final.exit is None:
             raise errors.RuntimeFailure(f"container {record.name}: no exit recorded")
+        if remove:
+            with contextlib.suppress(errors.NotFound):  # removed meanwhile by whoever saw it exit first
+                stopped = _apply_live(await asyncio.to_thread(self.store.load, record.id), final)
+                self._publish(stopped, "die", exitCode=str(stopped.state.exit_code))
+                await self._destroy(stopped, volumes=True)
+            return final.exit.exit_code
         # The refresh records the exit (and removes an --rm container, so the code comes from the monitor).
         with contextlib.suppress(errors.NotFound):
             await self._refresh(await asyncio.to_thread(self.store.load, record.id), live=final)

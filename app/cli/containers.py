@@ -274,10 +274,12 @@ async def run(engine: Engine, args: argparse.Namespace) -> int:
             stdin_task = asyncio.create_task(_pump_stdin(engine, record.id)) if args.interactive else None
             try:
                 await _stream_logs(engine, record.id, follow=True)
-                code = await engine.containers.wait(record.id)
+                # --rm: removed by the same call, which knows it has stopped for good.
+                code = await engine.containers.wait(record.id, remove=args.rm)
             finally:
                 if stdin_task is not None:
                     stdin_task.cancel()
+            return code
     if args.rm:
         # NotFound: removed already by whoever saw it exit first (the engine removes --rm ones on refresh).
         with contextlib.suppress(NotFound):

@@ -15,6 +15,7 @@ from engine import (
     Conflict,
     CreateOptions,
     Engine,
+    Event,
     InvalidArgument,
     NotFound,
     Status,
@@ -83,6 +84,32 @@ async def test_an_rm_containers_writable_layer_is_volatile(engine: Engine, busyb
             out = b"".join([item.data async for item in engine.containers.logs(record.id)]).decode()
         assert " overlay " in out and ("volatile" in out) is auto_remove, out
         await engine.containers.remove(record.id, force=True)
+
+
+async def test_wait_with_remove_returns_the_code_and_removes_the_container_and_its_volumes(
+        engine: Engine, busybox: str) -> None:
+    """run --rm's last step: the exit code, then nothing left (the image's VOLUME made an anonymous volume)."""
+    record = await engine.create_container(busybox, CreateOptions(cmd=("sh", "-c", "exit 4"), auto_remove=True))
+    volume = record.host_config["AnonymousVolumes"][0]
+
+    async def lifecycle() -> list[tuple[str, str | None]]:
+        seen = []
+        async for event in engine.events():
+            if isinstance(event, Event) and event.id == record.id:
+                seen.append((event.action, event.attributes.get("exitCode")))
+                if event.action == "destroy":
+                    return seen
+        return seen
+
+    watching = asyncio.create_task(lifecycle())
+    await asyncio.sleep(0)  # one turn of the loop: the task subscribes before anything happens
+    with engine.containers.attached(record.id):
+        await engine.containers.start(record.id)
+        assert await engine.containers.wait(record.id, remove=True) == 4
+    assert record.id not in [r.id for r in await engine.containers.list(all_containers=True)]
+    assert not engine.containers.store.dir(record.id).exists()
+    assert volume not in [v.name for v in await asyncio.to_thread(engine.containers.volumes.list)]
+    assert await asyncio.wait_for(watching, 10) == [("start", None), ("die", "4"), ("destroy", None)]
 
 
 async def test_names_are_unique(engine: Engine, busybox: str) -> None:
