@@ -31,11 +31,13 @@ from engine.runtime.cgroups import cgroup_manager
 from engine.runtime.executor import run_spec_for_test
 from engine.runtime.plan import RunOptions, plan_container
 from engine.runtime.spec import RuntimeSpec
+from tests.integration.runtime.common import PARENT as RUNTIME_TEST_PARENT
+from tests.integration.runtime.common import remove_cgroups
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.networks import tear_down
 
 pytestmark = pytest.mark.root
-PARENT = "kitebox-test"
+PARENT = RUNTIME_TEST_PARENT
 
 
 def _free_subnet_base() -> int:
@@ -144,7 +146,7 @@ class Container:
     def wait(self) -> tuple[int, str, str]:
         assert self._thread is not None
         self._thread.join(30)
-        cgroup_manager(self.spec.cgroup).destroy()
+        remove_cgroups([cgroup_manager(self.spec.cgroup)])  # and the shared parent, once no test uses it
         assert self.result is not None
         code, out, err = self.result
         return code, out.decode(), err.decode()
