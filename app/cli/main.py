@@ -111,6 +111,12 @@ async def _run(args: argparse.Namespace, engine: Engine | None = None) -> int:
     if engine is None:
         config = load_config(args.config) if args.config else load_config()
         engine = await Engine.open(args.root, config=config)
+    else:
+        try:
+            await engine.recover()  # opened ahead without reconciling anything: now, as this command's
+        except BaseException:
+            await engine.close()
+            raise
     try:
         result: int = await args.handler(engine, args)
         if "engine.forkserver" in sys.modules:  # run by the warm template (else: not worth importing it)
@@ -160,8 +166,8 @@ def prepare_worker(state_root: str) -> None:
     """In a spare worker of the CLI's warm template, before its command arrives: open the engine of the template's
     state root with the default configuration, and its snapshotter, on a new event loop (~6 ms a command then
     skips). A command for another root or configuration (``--root``, ``--config``, ``KITEBOX_CONFIG``) closes it
-    and opens its own. The engine shares its state root with other processes like any engine does (an app open
-    for hours), so opening it early changes nothing a command sees."""
+    and opens its own. Opening changes nothing on disk or in the kernel (the engine shares its state root with
+    other processes like any engine does); the reconciling an open does is left to the command that takes it."""
     global _prepared
     from engine import load_config
 
@@ -170,7 +176,9 @@ def prepare_worker(state_root: str) -> None:
         root, config = Path(state_root), load_config()
 
         async def open_warm() -> Engine:
-            engine = await Engine.open(root, config=config)
+            # No recover: reconciling (restarting containers, repairing networks) is the command's to do, with
+            # its own configuration, once it has taken this engine.
+            engine = await Engine.open(root, config=config, recover=False)
             try:
                 await engine.warm_up()
             except BaseException:

@@ -166,6 +166,7 @@ def isolated_kitebox_config(
     monkeypatch.setenv("KITEBOX_CONFIG", str(path))
     monkeypatch.setenv("KITEBOX_HELPER_IDLE", "60")
     had_default = os.path.exists("/sys/class/net/kitebox0")
+    had_default_table = os.geteuid() == 0 and _nft_table_exists("kitebox")
     cgroup_parents = set(Path("/sys/fs/cgroup").glob("*/kitebox")) | set(Path("/sys/fs/cgroup").glob("kitebox"))
     yield path
     stop_helpers(tmp_path, bootstrap=TEMPLATE_BOOTSTRAP)
@@ -178,6 +179,12 @@ def isolated_kitebox_config(
         subprocess.run(["nft", "delete", "table", "ip", "kitebox"], capture_output=True)
         pytest.fail("this test created the default bridge kitebox0: derive its Config from engine.load_config() "
                     "(the per-test KITEBOX_CONFIG) instead of Config()", pytrace=False)
+    if not had_default_table and _nft_table_exists("kitebox"):
+        # Something used the user's default configuration (the CLI template's spare worker once reconciled
+        # networks with it): clean up, and say so.
+        subprocess.run(["nft", "delete", "table", "ip", "kitebox"], capture_output=True)
+        pytest.fail("this test created the default nftables table kitebox: something ran with the default "
+                    "configuration instead of the per-test KITEBOX_CONFIG", pytrace=False)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
@@ -195,6 +202,13 @@ def isolated_kitebox_config(
     for mount in reversed(mounts):
         if mount.startswith(str(tmp_path)) and "/netns/" in mount:
             subprocess.run(["umount", "--lazy", mount], capture_output=True)
+
+
+def _nft_table_exists(name: str) -> bool:
+    import subprocess
+
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return f"table ip {name}" in tables.splitlines()
 
 
 def _mount_targets() -> set[str]:
