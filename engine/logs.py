@@ -115,12 +115,14 @@ def _rfc3339nano(ns: int) -> str:
 @contextlib.contextmanager
 def _rotation_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
     """``flock`` of ``.<log name>.rotate`` beside the log: the writer holds it exclusively while it shifts the
-    rotated files' names (a few renames), a follower shares it while it lists them. Without the lock file (a
-    read-only directory) the follower goes on unlocked."""
+    rotated files' names (a few renames), a follower shares it while it lists them. The writer creates the file
+    at its first rotation (a log that never rotates never has one); until then a rotation is a single rename, so
+    a follower that finds no lock file goes on unlocked (as it does in a read-only directory)."""
     import fcntl
 
     try:
-        fd = os.open(path.with_name(f".{path.name}.rotate"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if exclusive else 0)
+        fd = os.open(path.with_name(f".{path.name}.rotate"), flags, 0o640)
     except OSError:
         if exclusive:
             raise

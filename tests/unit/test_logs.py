@@ -109,12 +109,21 @@ def test_lines_are_assembled_across_reads_and_a_final_partial_line_is_flushed(tm
 # --- rotation ----------------------------------------------------------------------------------------------
 
 
+async def test_a_log_that_never_rotates_has_no_rotation_lock(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    writer = LogWriter(path)
+    write_lines(writer, 3)
+    assert len(await collect(path, follow=True, is_running=lambda: False)) == 3  # a follower does not make one
+    writer.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["c-json.log"]
+
+
 async def test_rotation_shifts_files_and_keeps_max_file(tmp_path: Path) -> None:
     path = tmp_path / "c-json.log"
     writer = LogWriter(path, max_size=300, max_file=3)
     write_lines(writer, 40)
     writer.close()
-    # (and the rotation lock, which followers share while they list the files: see the next test)
+    # (and the rotation lock, made at the first rotation, which followers share while they list the files)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".c-json.log.rotate", "c-json.log", "c-json.log.1",
                                                           "c-json.log.2"]
     entry_size = len(path.read_text().splitlines()[0]) + 1
