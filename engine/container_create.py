@@ -169,18 +169,15 @@ def write_user_db(layer_dirs: list[Path], target: Path) -> Path:
     directory; only the two files are kept. Nothing of the image is ever executed or looked up through NSS.
     """
     etc = target / "etc"
-    seed = target / "seed"
     shutil.rmtree(target, ignore_errors=True)
     etc.mkdir(parents=True)
-    seed.mkdir()
-    try:
-        seed_from_layers(layer_dirs, "/etc", seed, only=frozenset({"passwd", "group"}))
-        for name in ("passwd", "group"):
-            found = seed / name
-            if found.is_file() and not found.is_symlink():
-                os.replace(found, etc / name)
-    finally:
-        shutil.rmtree(seed, ignore_errors=True)
+    seed_from_layers(layer_dirs, "/etc", etc, only=frozenset({"passwd", "group"}))
+    for found in etc.iterdir():
+        if found.is_symlink() or not found.is_file():  # only the image's own regular files count
+            if found.is_dir() and not found.is_symlink():
+                shutil.rmtree(found)
+            else:
+                found.unlink()
     return target
 
 
