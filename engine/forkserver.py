@@ -47,7 +47,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple, NoReturn
 
-from engine.runtime.helper import FORKED_PREFIX, _Server, _set_process_name
+from engine.runtime.helper import (
+    FORKED_PREFIX,
+    _Server,
+    _set_process_name,
+    fork_with_channel,
+    receive_with_fds,
+    send_with_fd,
+)
 
 __all__ = ["MAGIC", "Request", "decode_request", "main", "report_exit"]
 
@@ -91,11 +98,7 @@ def _receive(sock: socket.socket) -> tuple[Request, list[int]]:
     """Read one request and the three stdio fds that come with it; ValueError/OSError when it is not one."""
     fds: list[int] = []
     try:
-        data, ancillary, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % 4
-                fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+        data, fds = receive_with_fds(sock, 65536, 3)
         if len(fds) != 3:
             raise ValueError("a request must carry exactly three file descriptors")
         head, sep, body = data.partition(b"\n")
@@ -158,21 +161,8 @@ class _Template(_Server):
 
     def _fork_spare(self, previous: int) -> _Spare | None:
         """A worker forked before its command arrives; it warms up once ``previous`` (the last worker) is done."""
-        try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:
-            return None
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return None
-        if pid == 0:
-            ours.close()
-            self._run_spare(theirs, previous)
-        theirs.close()
-        return _Spare(pid, ours)
+        forked = fork_with_channel(lambda channel: self._run_spare(channel, previous))
+        return None if forked is None else _Spare(*forked)
 
     def _run_spare(self, channel: socket.socket, previous: int) -> NoReturn:
         try:
@@ -180,7 +170,7 @@ class _Template(_Server):
             self.sel.close()
             self.listener.close()
             _warm_up(channel, previous, self.prepare, str(self.root))
-            fds = _receive_fds(channel, 1)
+            _, fds = receive_with_fds(channel, 16, 1)
             channel.close()
         except BaseException:
             os._exit(0)
@@ -260,22 +250,7 @@ def report_exit(code: int) -> None:
 
 def _hand_over(channel: socket.socket, sock: socket.socket) -> bool:
     """Pass the connection to the spare waiting on ``channel``; False when it is gone."""
-    try:
-        channel.sendmsg([b"C"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", sock.fileno()))])
-    except OSError:
-        return False
-    return True
-
-
-def _receive_fds(sock: socket.socket, count: int) -> list[int]:
-    """Block for one message carrying ``count`` fds; [] on EOF."""
-    _, ancillary, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(count * 4))
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
-    return fds
+    return send_with_fd(channel, b"C", sock.fileno())
 
 
 # --- warming a spare up ------------------------------------------------------------------------------------

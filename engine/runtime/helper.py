@@ -48,10 +48,10 @@ import os
 import selectors
 import signal
 import socket
-import sys
+import struct
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
@@ -60,8 +60,8 @@ from engine.runtime.monitor import Monitor
 from engine.runtime.monitor_io import log
 from engine.runtime.protocol import SOCKET_FILE, FrameDecoder, ProtocolError, encode_frame
 
-__all__ = ["BOOTSTRAP", "FORKED_PREFIX", "LOCK_FILE", "MONITOR_NAME", "helper_pids", "main", "run_monitor",
-           "short_unix_path", "spawn_monitor", "stop_helpers"]
+__all__ = ["BOOTSTRAP", "FORKED_PREFIX", "LOCK_FILE", "MONITOR_NAME", "fork_with_channel", "helper_pids", "main",
+           "receive_with_fds", "run_monitor", "send_with_fd", "short_unix_path", "spawn_monitor", "stop_helpers"]
 
 _MAX_SUN_PATH: Final = 107
 _PR_SET_CHILD_SUBREAPER: Final = 36
@@ -179,14 +179,10 @@ def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend, 
     os._exit(code)
 
 
-class _SpareMonitor(NamedTuple):
-    pid: int
-    channel: socket.socket  # the helper's end: the spare waits on the other one for its container
-
-
-def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
-    """A monitor forked (and detached) before its container is known, so a start skips that fork: it waits for
-    ``(container dir, listening socket)`` on a socket pair and exits on EOF (its helper is gone)."""
+def fork_with_channel(child: Callable[[socket.socket], object]) -> tuple[int, socket.socket] | None:
+    """Fork a process handed one end of a new socket pair (``child`` runs in it and must not return); the pid and
+    our end, or None when the pair or the fork could not be made. For single-threaded callers: the helper's
+    spare monitors, the CLI template's spare workers."""
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError:
@@ -198,21 +194,56 @@ def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
         theirs.close()
         return None
     if pid == 0:
+        ours.close()
+        child(theirs)
+        os._exit(0)
+    theirs.close()
+    return pid, ours
+
+
+def send_with_fd(sock: socket.socket, data: bytes, fd: int) -> bool:
+    """Send ``data`` with ``fd`` attached (SCM_RIGHTS); False when the peer is gone."""
+    try:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+    except OSError:
+        return False
+    return True
+
+
+def receive_with_fds(sock: socket.socket, size: int, count: int) -> tuple[bytes, list[int]]:
+    """One message of up to ``size`` bytes and the fds attached to it (up to ``count``); (b"", []) at EOF."""
+    data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(count * 4))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    return data, fds
+
+
+class _SpareMonitor(NamedTuple):
+    pid: int
+    channel: socket.socket  # the helper's end: the spare waits on the other one for its container
+
+
+def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
+    """A monitor forked (and detached) before its container is known, so a start skips that fork: it waits for
+    ``(container dir, listening socket)`` on a socket pair and exits on EOF (its helper is gone)."""
+
+    def wait_for_container(channel: socket.socket) -> NoReturn:
         try:
-            ours.close()
-            _detach({theirs.fileno()})
+            _detach({channel.fileno()})
             netns = _fresh_netns()
-            data, ancillary, _, _ = theirs.recvmsg(4096, socket.CMSG_SPACE(4))
-            fds = [int.from_bytes(payload[:4], sys.byteorder, signed=True) for level, kind, payload in ancillary
-                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(payload) >= 4]
-            theirs.close()
+            data, fds = receive_with_fds(channel, 4096, 1)
+            channel.close()
         except BaseException:
             os._exit(0)
         if not data or len(fds) != 1:
             os._exit(0)
         run_monitor(Path(os.fsdecode(data)), socket.socket(fileno=fds[0]), backend, netns)
-    theirs.close()
-    return _SpareMonitor(pid, ours)
+
+    forked = fork_with_channel(wait_for_container)
+    return None if forked is None else _SpareMonitor(*forked)
 
 
 def _fresh_netns() -> int:
@@ -243,13 +274,9 @@ def _hand_to_spare(spare: _SpareMonitor, container_dir: Path) -> bool:
     """Give the spare its container; False (nothing bound is left behind) when the spare is gone."""
     listener = _bind_monitor_socket(container_dir)
     try:
-        spare.channel.sendmsg([os.fsencode(str(container_dir))],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, listener.fileno().to_bytes(4, sys.byteorder))])
-    except OSError:
-        return False
+        return send_with_fd(spare.channel, os.fsencode(str(container_dir)), listener.fileno())
     finally:
         listener.close()
-    return True
 
 
 class _Server:
