@@ -310,7 +310,7 @@ class Unpacker:
                         whiteouts=sn.whiteout_mode, limits=self._limits))
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(sn.remove, key)
+                    await _settled(sn.remove, key)  # done before this task ends, even if cancelled again
                 raise
             finally:
                 if worker is not None:
@@ -329,7 +329,7 @@ class Unpacker:
                 result = detached.result
         except BaseException:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(sn.remove, key)
+                await _settled(sn.remove, key)
             raise
         finally:
             detached.close()
@@ -408,7 +408,7 @@ class Unpacker:
             return result
         except BaseException:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(sn.remove, key)
+                await _settled(sn.remove, key)
             raise
 
 
