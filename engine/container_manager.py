@@ -102,7 +102,10 @@ class ContainerManager(ContainerExecVerbs):
 
     async def list(self, *, all_containers: bool = False) -> builtins.list[ContainerRecord]:
         records = await asyncio.to_thread(self.store.all)
-        refreshed = [await self._refresh(r) for r in records]
+        refreshed = []
+        for record in records:
+            with contextlib.suppress(errors.NotFound):  # removed meanwhile (by another client, or --rm)
+                refreshed.append(await self._refresh(record))
         # A refresh removes exited --rm containers: they are gone, not listed.
         refreshed = [r for r in refreshed if (all_containers or r.state.running) and
                      self.store.dir(r.id).exists()]

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -222,11 +223,14 @@ class ContainerStore:
 
         ``sync=False`` skips the fsync, for run-state changes (running, exited) that the monitors' own files and
         the boot id reconcile after a host crash anyway, for ``removing``, and for an ``--rm`` container's
-        record: an fsync waits for the disk's other writes (~1-5 ms on the start path)."""
+        record: an fsync waits for the disk's other writes (~1-5 ms on the start path).
+
+        The container's directory must exist (create makes it): a save racing a removal raises ``NotFound``
+        instead of bringing a removed container's directory back. The temporary file is named per thread, as
+        two threads of one process may save the same container at once (a refresh and a removal)."""
         directory = self.dir(record.id)
-        tmp = directory / f".container.json.{os.getpid()}"
+        tmp = directory / f".container.json.{os.getpid()}.{threading.get_native_id()}"
         try:
-            directory.mkdir(exist_ok=True, mode=0o710)
             with open(tmp, "w") as handle:
                 json.dump(record.to_json(), handle, indent=1)
                 handle.flush()
@@ -236,6 +240,8 @@ class ContainerStore:
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(err, FileNotFoundError):
+                raise NotFound(f"No such container: {record.id}") from err
             raise from_oserror(err, f"container {record.name}") from err
 
     def load(self, container_id: str) -> ContainerRecord:
@@ -258,6 +264,10 @@ class ContainerStore:
             if len(entry) == 64 and (self.root / entry / "container.json").exists():
                 with contextlib.suppress(NotFound):
                     records.append(self.load(entry))
+            elif entry.endswith(".removing"):  # a removal that crashed half-way (or one in progress: harmless)
+                import shutil
+
+                shutil.rmtree(self.root / entry, ignore_errors=True)
         return records
 
     def find(self, text: str) -> ContainerRecord:
@@ -291,9 +301,12 @@ class ContainerStore:
     def delete(self, container_id: str) -> None:
         import shutil
 
-        directory = self.dir(container_id)
+        # Renamed away first: a save racing the removal then fails to open its temporary file (NotFound) instead
+        # of adding a file under rmtree's feet (ENOTEMPTY). A crash's leftover is swept by all().
+        doomed = self.root / f".{container_id}.{threading.get_native_id()}.removing"
         try:
-            shutil.rmtree(directory)
+            os.rename(self.dir(container_id), doomed)
+            shutil.rmtree(doomed)
         except FileNotFoundError:
             return
         except OSError as err:
