@@ -121,8 +121,22 @@ def test_open_snapshotter_probes_overlay_once_with_a_real_mount_spec(tmp_path: P
     assert sn.name == "overlay"
     mount, umount = fake.calls
     assert (mount.op, mount.fstype) == ("mount", "overlay")
-    assert mount.data == "lowerdir=lower1:lower2,upperdir=upper,workdir=work"
+    # volatile: its unmount must not sync the state root's whole filesystem
+    assert mount.data == "lowerdir=lower1:lower2,upperdir=upper,workdir=work,volatile"
     assert mount.cwd is not None and Path(mount.cwd).parent == tmp_path / "snapshots" / "tmp"
+    assert umount.op == "umount2" and umount.target == mount.target
+    assert os.listdir(tmp_path / "snapshots" / "tmp") == []
+
+
+def test_the_overlay_probe_works_on_kernels_without_volatile_overlays(tmp_path: Path) -> None:
+    def no_volatile(call: MountCall) -> OSError | None:
+        return OSError(errno.EINVAL, "Invalid argument") if "volatile" in (call.data or "") else None
+
+    fake = RecordingMountSyscalls(fail=no_volatile)
+    assert open_snapshotter(tmp_path / "snapshots", "auto", syscalls=fake).name == "overlay"
+    refused, mount, umount = fake.calls
+    assert refused.data is not None and refused.data.endswith(",volatile")
+    assert (mount.op, mount.data) == ("mount", "lowerdir=lower1:lower2,upperdir=upper,workdir=work")
     assert umount.op == "umount2" and umount.target == mount.target
     assert os.listdir(tmp_path / "snapshots" / "tmp") == []
 
