@@ -325,7 +325,7 @@ class Unpacker:
                 stacked = await asyncio.to_thread(detached.stack, lowers)
             if stacked:
                 await _blob_verified(source)
-                await self._commit(key, cid)
+                await self._commit(key, cid, detached.result.file_bytes)
                 result = detached.result
         except BaseException:
             with contextlib.suppress(Exception):
@@ -381,10 +381,10 @@ class Unpacker:
                 source.feed.abandon(exc)
             raise
 
-    async def _commit(self, key: str, cid: str) -> None:
+    async def _commit(self, key: str, cid: str, size: int) -> None:
         sn = self._snapshotter
         try:
-            await asyncio.to_thread(sn.commit, cid, key)
+            await asyncio.to_thread(sn.commit, cid, key, size=size)
         except Conflict:
             # Another pull committed the same ChainID meanwhile: theirs is identical; drop ours.
             if not await asyncio.to_thread(sn.exists, cid):
@@ -404,7 +404,7 @@ class Unpacker:
                 reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
                 whiteouts=sn.whiteout_mode, lower=lower, limits=self._limits))
             await _blob_verified(source)
-            await self._commit(key, cid)
+            await self._commit(key, cid, result.file_bytes)
             return result
         except BaseException:
             with contextlib.suppress(Exception):

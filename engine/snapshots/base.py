@@ -119,8 +119,12 @@ class Snapshotter(Protocol):
         """The mounts of active or view snapshot ``key`` again (committed snapshots are not mountable)."""
         ...
 
-    def commit(self, name: str, key: str) -> None:
-        """Turn active ``key`` into committed ``name`` atomically; ``Conflict`` if ``name`` exists."""
+    def commit(self, name: str, key: str, *, size: int | None = None) -> None:
+        """Turn active ``key`` into committed ``name`` atomically; ``Conflict`` if ``name`` exists.
+
+        ``size``: what :meth:`usage` reports for it, when the caller knows (an unpacked layer: the sizes of
+        its files, as Docker's layer store counts a layer); otherwise the directory is measured (a walk of
+        every entry: ~40 ms for a 4,000-file layer, at the end of a pull)."""
         ...
 
     def remove(self, key: str) -> None:
@@ -140,7 +144,8 @@ class Snapshotter(Protocol):
         ...
 
     def usage(self, key: str) -> int:
-        """Bytes on disk of the snapshot's own directory (hard-linked inodes counted once)."""
+        """Bytes on disk of the snapshot's own directory (hard-linked inodes counted once); for a committed
+        snapshot, the ``size`` it was committed with, if one was given."""
         ...
 
     def close(self) -> None:

@@ -189,11 +189,12 @@ class DirectorySnapshotter:
                 raise Conflict(f"snapshot {key!r}: committed snapshots are not mountable, create a view")
             return self._mounts(record, txn.chain(record))
 
-    def commit(self, name: str, key: str) -> None:
+    def commit(self, name: str, key: str, *, size: int | None = None) -> None:
         validate_key(name, "snapshot name")
         with self._store.read() as txn:
             record = self._require_active(txn, key, "commit")
-        size = disk_usage(self._fs(record))
+        if size is None:
+            size = disk_usage(self._fs(record))
         labels = {k: v for k, v in record.labels.items() if k != TEMPORARY_LABEL}
         with self._store.write() as txn:
             again = self._require_active(txn, key, "commit")

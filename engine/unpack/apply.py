@@ -64,7 +64,8 @@ _NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
 class ApplyResult:
     diff_id: str
     entries: int
-    uncompressed_bytes: int
+    uncompressed_bytes: int  # the tar stream's
+    file_bytes: int  # the sizes of the regular files written: the layer's size, as Docker's layer store counts it
 
 
 def apply_layer(
@@ -112,7 +113,8 @@ def checked_result(
     """The result, once the DiffID computed over the whole stream is the one the image config names."""
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"layer {layer_digest}: DiffID mismatch: got {diff_id}, expected {expected_diff_id}")
-    return ApplyResult(diff_id=diff_id, entries=applier.entries, uncompressed_bytes=size)
+    return ApplyResult(diff_id=diff_id, entries=applier.entries, uncompressed_bytes=size,
+                       file_bytes=applier.file_bytes)
 
 
 def _in_user_namespace() -> bool:
@@ -146,6 +148,7 @@ class _Applier:
         self.mode = mode
         self.limits = limits
         self.entries = 0
+        self.file_bytes = 0
         self.lowers = [RootDir(path, use_openat2=root.uses_openat2) for path in lower]
         self.dirs = DirCache(root, self._implied_dir)
         self.can_chown = os.geteuid() == 0
@@ -325,6 +328,7 @@ class _Applier:
                 os.ftruncate(fd, m.size)
             else:
                 stream.copy_to(fd, m.size)
+            self.file_bytes += m.size
             if self.can_chown:
                 os.fchown(fd, uid, gid)
             self._set_xattrs(fd, xattrs)  # after chown, which clears security.capability

@@ -175,6 +175,14 @@ def test_usage_counts_own_layer_and_hard_links_once(sn: Snapshotter) -> None:
         sn.usage("data")
 
 
+def test_a_size_given_at_commit_is_the_usage(sn: Snapshotter) -> None:
+    # what an unpacked layer is committed with: its files' bytes, known without walking the directory
+    sn.prepare("layer", None)
+    (sn.upper_dir("layer") / "file").write_bytes(b"x" * 5000)
+    sn.commit("committed", "layer", size=5000)
+    assert sn.usage("committed") == 5000
+
+
 def test_two_snapshotters_on_one_root(tmp_path: Path, sn: Snapshotter) -> None:
     other = open_snapshotter(tmp_path / "state" / "snapshots", sn.name)
     assert other.name == sn.name

@@ -12,7 +12,7 @@ import zstandard
 from engine.config import Limits
 from engine.errors import DigestMismatch, LayerRejected, LimitExceeded, ManifestInvalid
 from engine.unpack import apply_layer
-from tests.unit.unpack.tarbuild import DIGEST, GZIP, PLAIN, ZSTD, D, F, Sandbox, diff_id, gz, layer
+from tests.unit.unpack.tarbuild import DIGEST, GZIP, PLAIN, ZSTD, D, F, H, S, Sandbox, diff_id, gz, layer
 
 TAR = layer(D("etc"), F("etc/hostname", b"kitebox\n"), F("big", bytes(range(256)) * 4096))
 
@@ -45,6 +45,12 @@ def test_trailing_bytes_after_end_of_archive_count_in_diff_id(sandbox: Sandbox) 
     padded = TAR + bytes(10240) + b"trailing junk"
     result = sandbox.apply(data=gz(padded), media=GZIP, expected_diff_id=diff_id(padded))
     assert result.uncompressed_bytes == len(padded)
+
+
+def test_a_layers_size_is_its_files_bytes_hard_links_once(sandbox: Sandbox) -> None:
+    blob = layer(D("etc"), F("etc/hostname", b"kitebox\n"), F("big", b"x" * 100_000), H("big-link", "big"),
+                 S("soft", "big"))
+    assert sandbox.apply(data=blob).file_bytes == 8 + 100_000
 
 
 def test_empty_layers(sandbox: Sandbox) -> None:
