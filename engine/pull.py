@@ -100,14 +100,20 @@ class Puller:
         self._platform = platform or host_platform()
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
-    async def resolve(self, ref: Reference) -> tuple[Manifest, str, str, str | None, bytes]:
-        """Fetch the manifest for ``ref`` (through an index if needed): (manifest, digest, type, index, body)."""
+    async def resolve(self, ref: Reference, keep: Callable[[bytes, str], None] | None = None
+                      ) -> tuple[Manifest, str, str, str | None, bytes]:
+        """Fetch the manifest for ``ref`` (through an index if needed): (manifest, digest, type, index, body).
+
+        An index on the way is handed to ``keep`` (body, digest) to be stored; without it, stored here."""
         body, content_type, digest = await self._client.get_manifest(ref)
         doc = parse_manifest(body, content_type, max_layers=self._limits.max_layers)
         index_digest: str | None = None
         if isinstance(doc, Index):
             index_digest = digest
-            self._content.put(body, digest)
+            if keep is not None:
+                keep(body, digest)
+            else:
+                await asyncio.to_thread(self._content.put, body, digest)
             chosen = select_manifest(doc, self._platform)
             body, content_type, digest = await self._client.get_manifest(ref.with_digest(chosen.digest))
             doc = parse_manifest(body, content_type, max_layers=self._limits.max_layers)
@@ -141,21 +147,41 @@ class Puller:
 
         Layers are applied bottom-up while later ones are still downloading; a layer downloaded from byte 0 is
         decompressed and untarred as its bytes arrive (see ``engine.unpacker``).
+
+        The small blobs (index, manifest, config) are stored in threads while the pull goes on: each is an
+        fsync (1-10 ms) that would otherwise hold the event loop and delay the next fetch. All are stored before
+        this returns, so the image record written afterwards names only stored blobs.
         """
+        storing: list[asyncio.Future[str]] = []
+
+        def keep(body: bytes, digest: str) -> None:
+            storing.append(asyncio.ensure_future(asyncio.to_thread(self._content.put, body, digest)))
+
+        try:
+            result = await self._pull(ref, progress, unpacker, lease, keep)
+        finally:
+            stored = await asyncio.gather(*storing, return_exceptions=True)
+        for outcome in stored:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return result
+
+    async def _pull(self, ref: Reference, progress: ProgressSink | None, unpacker: Unpacker | None,
+                    lease: Lease | None, keep: Callable[[bytes, str], None]) -> PullResult:
         if progress is not None:
             progress(PullProgress(str(ref), None, "resolving", 0, 0))
-        manifest, digest, media_type, index_digest, body = await self.resolve(ref)
+        manifest, digest, media_type, index_digest, body = await self.resolve(ref, keep)
         if lease is not None:
             # Before anything is committed: a concurrent garbage collection must see these as in use.
             lease.add([digest, manifest.config.digest, *(layer.digest for layer in manifest.layers)])
             lease.add([index_digest] if index_digest else [])
-        self._content.put(body, digest)
+        keep(body, digest)
         config_desc = manifest.config
         if self._content.has(config_desc.digest):
             config_body = self._content.read(config_desc.digest)
         else:
             config_body = await self._client.get_blob(ref, config_desc)
-            self._content.put(config_body, config_desc.digest)
+            keep(config_body, config_desc.digest)
         config = parse_image_config(config_body)
         if len(config.diff_ids) != len(manifest.layers):
             raise ManifestInvalid(
