@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.registry import CredentialStore, RegistryClient
     from engine.runtime.supervisor import Supervisor
     from engine.snapshots import Snapshotter
+    from engine.unpack.zygote import WorkerZygote
 
 __all__ = ["VERSION", "Engine", "RemovedImage"]  # RemovedImage: re-exported from engine.image_ops
 
@@ -56,6 +57,7 @@ class Engine(ImageOps):
         self._supervisor_lock = asyncio.Lock()
         self._image_lock = asyncio.Lock()
         self._networks: NetworkManager | None = None
+        self._unpack_zygote: WorkerZygote | None = None
         self.containers = ContainerManager(
             root,
             images=self._images,
@@ -113,6 +115,8 @@ class Engine(ImageOps):
             self._networks.close()
         if self._snapshotter is not None:
             self._snapshotter.close()
+        if self._unpack_zygote is not None:
+            await asyncio.to_thread(self._unpack_zygote.close)
         self._images.close()
         self._bus.close()
 

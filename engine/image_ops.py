@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engine.pull import PullResult
     from engine.registry import RegistryClient
     from engine.snapshots import Snapshotter
+    from engine.unpack.zygote import WorkerZygote
 
 __all__ = ["ImageOps", "RemovedImage", "image_inspect_document"]
 
@@ -49,6 +50,7 @@ class ImageOps:
     _images: ImageStore
     _leases: LeaseManager
     _image_lock: asyncio.Lock
+    _unpack_zygote: WorkerZygote | None
 
     # Declared for the type checker; Engine defines both (it comes first in the method resolution order).
     def _registry(self) -> RegistryClient:
@@ -68,7 +70,7 @@ class ImageOps:
 
         ref = parse_reference(reference)
         snapshotter = await asyncio.to_thread(self.snapshotter)
-        unpacker = Unpacker(snapshotter, self._content, self.config.limits)
+        unpacker = Unpacker(snapshotter, self._content, self.config.limits, zygote=self._zygote())
 
         def progress(item: PullProgress) -> None:
             self._bus.publish(item)
@@ -113,6 +115,14 @@ class ImageOps:
         self._bus.publish(Event("image", "pull", stored.id, {"name": str(ref)}))
         return stored
 
+    def _zygote(self) -> WorkerZygote:
+        """The engine's unpack zygote (its process starts when a pull or unpack first needs a worker)."""
+        if self._unpack_zygote is None:
+            from engine.unpack.zygote import WorkerZygote
+
+            self._unpack_zygote = WorkerZygote()
+        return self._unpack_zygote
+
     def _unpacked_size(self, layers: tuple[LayerRecord, ...]) -> int:
         """The image's size on disk: the sum of its layers' snapshots (Docker's SIZE column)."""
         from engine.unpacker import chain_ids
@@ -138,7 +148,8 @@ class ImageOps:
         snapshotter, unpacked = await asyncio.to_thread(open_and_look)
         if unpacked and top is not None:
             return top
-        result = await Unpacker(snapshotter, self._content, self.config.limits).unpack(record.layers)
+        result = await Unpacker(snapshotter, self._content, self.config.limits, zygote=self._zygote()
+                                ).unpack(record.layers)
         return result.top
 
     async def mount_image(self, text: str, target: Path) -> None:

@@ -175,6 +175,8 @@ class Puller:
             # Before anything is committed: a concurrent garbage collection must see these as in use.
             lease.add([digest, manifest.config.digest, *(layer.digest for layer in manifest.layers)])
             lease.add([index_digest] if index_digest else [])
+        if unpacker is not None:
+            await unpacker.start_workers([layer.size for layer in manifest.layers])
         keep(body, digest)
         config_desc = manifest.config
         if self._content.has(config_desc.digest):

@@ -43,6 +43,7 @@ from engine.snapshots import TEMPORARY_LABEL, OverlaySnapshotter, Snapshotter
 from engine.unpack import ApplyResult, ByteFeed, apply_layer
 from engine.unpack.detached import apply_layer_detached, can_apply_detached
 from engine.unpack.worker import UnpackWorker
+from engine.unpack.zygote import WorkerZygote
 
 __all__ = ["LayerSource", "UnpackResult", "Unpacker", "chain_ids", "first_cause"]
 
@@ -134,9 +135,9 @@ async def _settled(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         raise
 
 
-async def _start_worker(layer_digest: str, niceness: int) -> UnpackWorker:
+async def _start_worker(layer_digest: str, niceness: int, zygote: WorkerZygote | None) -> UnpackWorker:
     """An ``UnpackWorker`` started in a thread; one that starts while the caller is being cancelled is ended."""
-    job = asyncio.ensure_future(asyncio.to_thread(UnpackWorker, layer_digest, niceness=niceness))
+    job = asyncio.ensure_future(asyncio.to_thread(UnpackWorker, layer_digest, niceness=niceness, zygote=zygote))
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
@@ -196,15 +197,24 @@ def default_concurrency() -> int:
 
 
 class Unpacker:
-    """Unpacks images into ``snapshotter``; ``concurrency``: layers applied at once (overlay, root only)."""
+    """Unpacks images into ``snapshotter``; ``concurrency``: layers applied at once (overlay, root only);
+    ``zygote`` forks the worker processes of big layers (without one, each worker starts an interpreter)."""
 
     def __init__(
-        self, snapshotter: Snapshotter, content: ContentStore, limits: Limits, *, concurrency: int | None = None
+        self, snapshotter: Snapshotter, content: ContentStore, limits: Limits, *, concurrency: int | None = None,
+        zygote: WorkerZygote | None = None,
     ) -> None:
         self._snapshotter = snapshotter
         self._content = content
         self._limits = limits
         self._concurrency = max(1, default_concurrency() if concurrency is None else concurrency)
+        self._zygote = zygote
+
+    async def start_workers(self, sizes: Sequence[int]) -> None:
+        """Start the zygote now if a layer of these compressed ``sizes`` will be applied by a worker process:
+        its interpreter then starts while the image's config and first bytes are fetched."""
+        if self._zygote is not None and self.concurrent and any(size >= ISOLATE_BYTES for size in sizes):
+            await asyncio.to_thread(self._zygote.start)
 
     def missing(self, diff_ids: Sequence[str]) -> list[int]:
         """Positions of the layers whose snapshot does not exist yet."""
@@ -292,10 +302,11 @@ class Unpacker:
         async with slots:
             if progress is not None:
                 progress(PullProgress(reference, layer.digest, "extracting", 0, layer.size))
-            # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker), started now so
-            # that its interpreter start overlaps the snapshot and the wait for the first bytes; a small one is
-            # not worth an interpreter start.
-            worker = await _start_worker(layer.digest, niceness) if layer.size >= ISOLATE_BYTES else None
+            # A big layer is applied by a process of its own (its own GIL: engine.unpack.worker), forked by the
+            # zygote now so that its start overlaps the snapshot and the wait for the first bytes; a small one
+            # is not worth a process.
+            worker = (await _start_worker(layer.digest, niceness, self._zygote) if layer.size >= ISOLATE_BYTES
+                      else None)
             try:
                 await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
                 upper = await asyncio.to_thread(sn.upper_dir, key)

@@ -2,9 +2,10 @@
 
 Why: a pull applies several layers at once, and applying is mostly Python (tar headers, path resolution, one
 metadata call after another). In threads of one process they take turns on the GIL, so on two cores the
-biggest layer's thread ran a third of the time. A layer applied by a ``python -I`` child (standard library,
-the engine's unpack room and its decompressors; started with exec, never a bare fork of this multi-threaded
-process) runs in parallel with the others and with the download.
+biggest layer's thread ran a third of the time. A layer applied by a child process runs in parallel with the
+others and with the download. The child is forked by the unpack zygote (``engine.unpack.zygote``: a warm
+``python -I`` process with the standard library, the engine's unpack room and its decompressors), never by this
+multi-threaded process.
 
 The parent pumps the compressed bytes from ``source`` into the child's stdin (a pipe) and gets back, over a
 socket pair, the outcome: the ``ApplyResult`` and what ``DetachedLayer.stack`` needs later -- the directory
@@ -27,7 +28,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,23 +36,12 @@ from engine.config import Limits
 from engine.unpack.apply import WhiteoutMode
 from engine.unpack.decompress import ByteSource
 from engine.unpack.detached import MAX_IMPLIED, DetachedLayer, apply_layer_detached
+from engine.unpack.zygote import WorkerZygote
 
 __all__ = ["UnpackWorker", "apply_layer_detached_isolated", "main"]
 
 _CHUNK: Final = 1024 * 1024
 _F_SETPIPE_SZ: Final = 1031
-_PROJECT: Final = str(Path(__file__).resolve().parents[2])
-# Bare stand-ins for the ``engine`` and ``engine.unpack`` packages, so their __init__ modules (which import
-# asyncio for the feed, among others) do not run: the child imports only what applying needs (~40 ms less).
-_BOOTSTRAP: Final = (
-    "import sys,types\n"
-    "root=sys.argv[1]\n"
-    "sys.path.insert(0,root)\n"
-    "for name in ('engine','engine.unpack'):\n"
-    "    m=types.ModuleType(name);m.__path__=[root+'/'+name.replace('.','/')];sys.modules[name]=m\n"
-    "from engine.unpack.worker import main\n"
-    "main(int(sys.argv[2]))\n"
-)
 _MAX_REPLY: Final = 64 * 1024 * 1024
 
 
@@ -83,40 +72,43 @@ def apply_layer_detached_isolated(
 
 
 class UnpackWorker:
-    """One worker process for one layer: started early (its interpreter start, ~0.1 s, then overlaps the wait
-    for the layer's first bytes), used once by :meth:`apply`, or ended by :meth:`close`. Blocking; root only
-    (detached application chowns)."""
+    """One worker process for one layer: started early (forked by ``zygote``, or by a zygote of its own when
+    none is given, which costs an interpreter start), used once by :meth:`apply`, or ended by :meth:`close`.
+    Blocking; root only (detached application chowns)."""
 
-    def __init__(self, layer_digest: str, *, niceness: int = 0) -> None:
-        import subprocess  # the parent's side only: the child does not pay for these imports
-        import tempfile
+    def __init__(self, layer_digest: str, *, niceness: int = 0, zygote: WorkerZygote | None = None) -> None:
+        import tempfile  # the parent's side only: the child does not pay for these imports
 
         self.layer_digest = layer_digest
+        self._own_zygote = WorkerZygote() if zygote is None else None
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stdin, self._stdin = os.pipe()
         # A file, not a pipe, for the child's stderr: nobody reads a pipe while the layer is pumped in.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         try:
-            self._child = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOTSTRAP, _PROJECT, str(theirs.fileno())], stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=self._stderr, pass_fds=(theirs.fileno(),), cwd="/",
-                start_new_session=True,  # a terminal's ^C is for the parent, which then cancels (and kills) it
-                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
-        except OSError as err:
+            self._child = (zygote or self._own_zygote).spawn(  # type: ignore[union-attr]
+                (stdin, theirs.fileno(), self._stderr.fileno()), os.getpriority(os.PRIO_PROCESS, 0) + niceness,
+                f"layer {layer_digest}")
+        except BaseException:
             self._sock.close()
+            os.close(self._stdin)
             self._stderr.close()
-            raise errors.RuntimeFailure(f"layer {layer_digest}: starting the unpack worker failed: {err}") from err
+            if self._own_zygote is not None:
+                self._own_zygote.close()
+            raise
         finally:
+            os.close(stdin)
             theirs.close()
-        if niceness:
-            with contextlib.suppress(OSError):  # gone already: its reply says why
-                os.setpriority(os.PRIO_PROCESS, self._child.pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
         self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
 
     def apply(self, source: ByteSource, media_type: str, target: Path, *, expected_diff_id: str | None,
               whiteouts: WhiteoutMode, limits: Limits, use_openat2: bool | None = None) -> DetachedLayer:
         """Have the worker apply the layer read from ``source`` into ``target`` (see the module docstring)."""
-        child = self._child
-        assert child.stdin is not None and not self._closed
+        assert not self._closed
         try:
             request = {"media_type": media_type, "target": str(target), "layer_digest": self.layer_digest,
                        "expected_diff_id": expected_diff_id, "whiteouts": whiteouts,
@@ -124,13 +116,11 @@ class UnpackWorker:
             with contextlib.suppress(OSError):  # a child that is gone already answers nothing: reported below
                 self._sock.sendall(json.dumps(request).encode() + b"\n")
             with contextlib.suppress(OSError):
-                fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)
-            _pump(source, child.stdin)
-            with contextlib.suppress(OSError):
-                child.stdin.close()  # EOF: the end of the layer
+                fcntl.fcntl(self._stdin, _F_SETPIPE_SZ, _CHUNK)
+            _pump(source, self._stdin)
+            self._close_stdin()  # EOF: the end of the layer
             reply, fds = _receive(self._sock)
         except BaseException:
-            child.kill()
             self.close()
             raise
         stderr = self._finish()
@@ -142,16 +132,21 @@ class UnpackWorker:
                     os.close(fd)
             raise
 
+    def _close_stdin(self) -> None:
+        if self._stdin >= 0:
+            os.close(self._stdin)
+            self._stdin = -1
+
     def _finish(self) -> bytes:
         """Wait for the child to end; the tail of what it wrote on stderr."""
         if self._closed:
             return b""
         self._closed = True
         self._sock.close()
-        if self._child.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._child.stdin.close()
+        self._close_stdin()
         self._child.wait()
+        if self._own_zygote is not None:
+            self._own_zygote.close()
         self._stderr.seek(0)
         stderr = self._stderr.read()[-4096:]
         self._stderr.close()
@@ -160,15 +155,13 @@ class UnpackWorker:
     def close(self) -> None:
         """End the worker if it was not used (or is still running): killed, waited for. Idempotent."""
         if not self._closed:
-            with contextlib.suppress(OSError):
-                self._child.kill()
+            self._child.kill()
             self._finish()
 
 
-def _pump(source: ByteSource, sink: Any) -> None:
+def _pump(source: ByteSource, fd: int) -> None:
     """Copy the compressed stream into the child; a child that stopped reading (it failed, and says why in
     its reply) ends the copy early."""
-    fd = sink.fileno()
     while chunk := source.read(_CHUNK):
         view = memoryview(chunk)
         try:

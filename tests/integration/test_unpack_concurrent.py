@@ -14,6 +14,7 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,27 @@ from engine.errors import DigestMismatch
 from engine.images import LayerRecord
 from engine.snapshots import OverlaySnapshotter
 from engine.unpack import ApplyResult
+from engine.unpack.zygote import WorkerZygote
 from engine.unpacker import Unpacker, chain_ids
+from tests.support.procs import children
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(autouse=True, params=["thread", "process"])
-def where_layers_apply(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case twice: detached layers applied in threads, and every one in an unpack worker process."""
+def zygote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerZygote | None]:
+    """Every case twice: detached layers applied in threads, and every one in a worker process (all forked by
+    one zygote, as in the engine)."""
     monkeypatch.setattr(engine.unpacker, "ISOLATE_BYTES", 0 if request.param == "process" else 2**62)
-    where: str = request.param
-    return where
+    if request.param == "thread":
+        yield None
+        return
+    shared = WorkerZygote()
+    try:
+        yield shared
+    finally:
+        shared.close()
+    assert not children(os.getpid()), "the zygote or a worker outlived the test"
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 T0 = 1_700_000_000
@@ -100,11 +111,12 @@ def layer_trees(sn: OverlaySnapshotter, top: str) -> list[dict[str, tuple[object
     return trees
 
 
-async def unpack(root: Path, tars: list[bytes], concurrency: int) -> tuple[OverlaySnapshotter, str]:
+async def unpack(root: Path, tars: list[bytes], concurrency: int, zygote: WorkerZygote | None
+                 ) -> tuple[OverlaySnapshotter, str]:
     content = ContentStore(root / "content")
     sn = OverlaySnapshotter(root / "snapshots")
     layers = store_image(content, tars)
-    unpacker = Unpacker(sn, content, Limits(), concurrency=concurrency)
+    unpacker = Unpacker(sn, content, Limits(), concurrency=concurrency, zygote=zygote)
     assert unpacker.concurrent is (concurrency > 1)
     result = await unpacker.unpack(layers)
     assert result.top == chain_ids([layer.diff_id for layer in layers])[-1]
@@ -112,7 +124,8 @@ async def unpack(root: Path, tars: list[bytes], concurrency: int) -> tuple[Overl
     return sn, result.top
 
 
-async def test_concurrent_unpack_equals_sequential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_concurrent_unpack_equals_sequential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  zygote: WorkerZygote | None) -> None:
     reapplied: list[str] = []
     real_apply_layer = engine.unpack.apply_layer
 
@@ -121,11 +134,11 @@ async def test_concurrent_unpack_equals_sequential(tmp_path: Path, monkeypatch: 
         return real_apply_layer(*args, **kwargs)
 
     monkeypatch.setattr(engine.unpacker, "apply_layer", counting_apply_layer)
-    concurrent, top = await unpack(tmp_path / "concurrent", IMAGE, 3)
+    concurrent, top = await unpack(tmp_path / "concurrent", IMAGE, 3, zygote)
     digests = [record.digest for record in store_image(ContentStore(tmp_path / "concurrent" / "content"), IMAGE)]
     assert reapplied == digests[2:4]  # the hard link into a lower layer, the setgid lower directory
     monkeypatch.undo()
-    sequential, same_top = await unpack(tmp_path / "sequential", IMAGE, 1)
+    sequential, same_top = await unpack(tmp_path / "sequential", IMAGE, 1, zygote)
     assert top == same_top
     got, expected = layer_trees(concurrent, top), layer_trees(sequential, top)
     assert got == expected
@@ -141,25 +154,27 @@ async def test_concurrent_unpack_equals_sequential(tmp_path: Path, monkeypatch: 
     assert seen == len(IMAGE)
 
 
-async def test_unpack_again_skips_committed_layers(tmp_path: Path) -> None:
-    sn, _top = await unpack(tmp_path, IMAGE[:2], 3)
+async def test_unpack_again_skips_committed_layers(tmp_path: Path, zygote: WorkerZygote | None) -> None:
+    sn, _top = await unpack(tmp_path, IMAGE[:2], 3, zygote)
     content = ContentStore(tmp_path / "content")
     layers = store_image(content, IMAGE)
-    result = await Unpacker(sn, content, Limits(), concurrency=3).unpack(layers)
+    result = await Unpacker(sn, content, Limits(), concurrency=3, zygote=zygote).unpack(layers)
     assert len(result.applied) == len(IMAGE) - 2
     assert len(sn.walk()) == len(IMAGE)
-    again = await Unpacker(sn, content, Limits(), concurrency=3).unpack(layers)  # every layer there already
+    # every layer there already
+    again = await Unpacker(sn, content, Limits(), concurrency=3, zygote=zygote).unpack(layers)
     assert again.applied == () and again.top == result.top
 
 
-async def test_a_bad_layer_fails_the_unpack_and_leaves_only_whole_snapshots(tmp_path: Path) -> None:
+async def test_a_bad_layer_fails_the_unpack_and_leaves_only_whole_snapshots(tmp_path: Path,
+                                                                              zygote: WorkerZygote | None) -> None:
     content = ContentStore(tmp_path / "content")
     sn = OverlaySnapshotter(tmp_path / "snapshots")
     layers = store_image(content, IMAGE)
     bad = layers[1]
     layers[1] = LayerRecord(bad.digest, bad.media_type, bad.size, "sha256:" + "0" * 64)
     with pytest.raises(DigestMismatch, match=f"layer {bad.digest}: DiffID mismatch"):
-        await Unpacker(sn, content, Limits(), concurrency=3).unpack(layers)
+        await Unpacker(sn, content, Limits(), concurrency=3, zygote=zygote).unpack(layers)
     infos = sn.walk()
     assert all(info.kind == "committed" for info in infos)  # temporaries removed, the rest cancelled
     assert [info.key for info in infos] in ([], chain_ids([layers[0].diff_id]))
