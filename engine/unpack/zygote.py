@@ -65,7 +65,6 @@ class WorkerProcess:
 
     pid: int
     pidfd: int
-    _ended: bool = False
 
     def kill(self) -> None:
         if self.pidfd >= 0:
@@ -127,7 +126,10 @@ class WorkerZygote:
         (absolute). A zygote that ended meanwhile (idle) is replaced once; ``what`` names the layer in errors."""
         with self._lock:
             for attempt in (1, 2):
-                self._start()
+                try:
+                    self._start()
+                except errors.RuntimeFailure as err:
+                    raise errors.RuntimeFailure(f"{what}: {err}") from err
                 assert self._sock is not None
                 try:
                     self._sock.sendmsg([f"{niceness}\n".encode()],
@@ -214,9 +216,9 @@ def serve(control_fd: int, idle_seconds: float) -> None:
             if not request or len(fds) != _FDS_PER_REQUEST:
                 for fd in fds:
                     os.close(fd)
-                if not request:
-                    break  # the engine went away or closed us
-                continue
+                if request:  # never sent by the engine: say so, and end (the engine starts another zygote)
+                    print(f"unpack zygote: bad request {request[:100]!r} with {len(fds)} fds", file=sys.stderr)
+                break  # else the engine went away or closed us
             pid = os.fork()
             if pid == 0:
                 _become_worker(control, children, fds, int(request), worker.main)
@@ -224,8 +226,11 @@ def serve(control_fd: int, idle_seconds: float) -> None:
                 os.close(fd)
             pidfd = os.pidfd_open(pid)  # the child is at least a zombie until we reap it: never a recycled pid
             children[pidfd] = pid
-            control.sendmsg([f"{pid}\n".encode()],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pidfd]).tobytes())])
+            try:
+                control.sendmsg([f"{pid}\n".encode()],
+                                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pidfd]).tobytes())])
+            except OSError:
+                break  # the engine went away
         elif not ready and not children:
             break  # idle
     for pidfd, pid in children.items():  # the engine is gone: so is the work it asked for
