@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from engine import errors
 from engine.container_create import layers_bottom_up
 from engine.containers import ContainerRecord, Status
+from engine.tmpnames import temporary_sibling
 
 if TYPE_CHECKING:
     from engine.snapshots import Snapshotter
@@ -78,7 +79,7 @@ def export_tree(snapshotter: Snapshotter, record: ContainerRecord, bundle: Path,
         lowers = ":".join(str(p) for p in [upper, *reversed(layers)])
         mounts = [Mount("overlay", "overlay", ("ro", f"lowerdir={lowers}"))]
     target = Path(tempfile.mkdtemp(prefix="export-", dir=bundle))
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp_out = temporary_sibling(out)
     try:
         mount_all(mounts, target)
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Conflict, InvalidArgument, NotFound, StoreError, from_oserror
+from engine.tmpnames import temporary_sibling
 
 __all__ = [
     "ContainerRecord",
@@ -229,7 +230,7 @@ class ContainerStore:
         instead of bringing a removed container's directory back. The temporary file is named per thread, as
         two threads of one process may save the same container at once (a refresh and a removal)."""
         directory = self.dir(record.id)
-        tmp = directory / f".container.json.{os.getpid()}.{threading.get_native_id()}"
+        tmp = temporary_sibling(directory / "container.json")
         try:
             with open(tmp, "w") as handle:
                 json.dump(record.to_json(), handle, indent=1)

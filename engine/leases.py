@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.errors import from_oserror
+from engine.tmpnames import temporary_sibling
 
 __all__ = ["EVERYTHING", "Lease", "LeaseManager"]
 
@@ -46,7 +47,7 @@ class Lease:
         if not new:
             return
         self.names |= new
-        tmp = self.path.with_suffix(".tmp")
+        tmp = temporary_sibling(self.path)
         payload = {"pid": os.getpid(), "start": _start_time(os.getpid()), "names": sorted(self.names)}
         try:
             tmp.write_text(json.dumps(payload))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Conflict, InvalidArgument, NotFound, from_oserror
+from engine.tmpnames import temporary_sibling
 
 __all__ = ["Volume", "VolumeStore", "seed_from_layers", "validate_volume_name"]
 
@@ -94,7 +95,7 @@ class VolumeStore:
         directory = self.root / name
         try:
             (directory / "_data").mkdir(parents=True, exist_ok=True, mode=0o755)
-            tmp = directory / f".meta.{os.getpid()}"
+            tmp = temporary_sibling(self._meta(name))
             tmp.write_text(json.dumps({"CreatedAt": created, "Labels": labels or {}, "Anonymous": anonymous}))
             os.replace(tmp, self._meta(name))
         except OSError as err:

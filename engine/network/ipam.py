@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LimitExceeded, StoreError
+from engine.tmpnames import temporary_sibling
 
 __all__ = ["Endpoint", "EndpointNetwork", "NetworkRecord", "NetworkState", "StateStore", "allocate_address",
            "mac_for"]
@@ -178,7 +179,7 @@ class StateStore:
             raise StoreError(f"network state {self._path}: corrupted ({err})") from err
 
     def _write(self, state: NetworkState) -> None:
-        tmp = self._path.with_name(f".state.{os.getpid()}.tmp")
+        tmp = temporary_sibling(self._path)
         try:
             with open(tmp, "w") as out:
                 json.dump(state.to_json(), out, indent=1, sort_keys=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidArgument, StoreError, from_oserror
+from engine.tmpnames import temporary_sibling
 
 __all__ = ["IDENTITY_TOKEN_USER", "CredentialStore", "Credentials", "normalize_domain"]
 
@@ -175,7 +176,7 @@ class CredentialStore:
     def _write(self, auths: dict[str, Any]) -> None:
         directory = self._path.parent
         what = f"credentials {self._path}"
-        tmp = directory / f".{self._path.name}.{os.getpid()}.tmp"
+        tmp = temporary_sibling(self._path)
         data = json.dumps({"auths": auths}, indent=2, sort_keys=True).encode() + b"\n"
         try:
             if not directory.exists():

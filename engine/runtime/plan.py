@@ -38,6 +38,7 @@ from engine.runtime.caps import ALL_CAPS, DEFAULT_CAPS, tweak_caps
 from engine.runtime.seccomp import default_profile, program_file
 from engine.runtime.spec import CapabilitySet, CgroupSpec, MountSpec, ProcessSpec, RootMount, RootSpec, RuntimeSpec
 from engine.runtime.users import read_in_root, resolve_user
+from engine.tmpnames import temporary_sibling
 
 __all__ = [
     "DEFAULT_MASKED_PATHS",
@@ -271,7 +272,7 @@ def _cgroup(container_id: str, options: RunOptions, parent: str) -> CgroupSpec:
 
 
 def _write_file(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_sibling(path)
     try:
         tmp.write_text(text)
         os.chmod(tmp, 0o644)

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from engine.tmpnames import temporary_sibling
+
 __all__ = [
     "CONFIG_FILE",
     "EXIT_FILE",
@@ -137,8 +139,10 @@ def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a torn one.
+
+    Two threads of the engine may reconcile one container at once: the temporary file is each one's own."""
+    tmp = temporary_sibling(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, json.dumps(data, separators=(",", ":")).encode())

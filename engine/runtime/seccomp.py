@@ -43,10 +43,12 @@ import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from engine.errors import InvalidArgument, KernelError
 from engine.runtime import syscalls
+from engine.tmpnames import temporary_sibling
 
 __all__ = [
     "ARCHITECTURES",
@@ -550,7 +552,7 @@ def program_file(profile: SeccompProfile, cache_dir: str) -> str:
         read_program(path)
         return path
     program = compile_filter(profile)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = str(temporary_sibling(Path(path)))
     try:
         with open(tmp, "wb") as out:
             out.write(program)

@@ -21,6 +21,7 @@ from engine.snapshots.copy import CopySnapshotter
 from engine.snapshots.mount import MountSyscalls, is_mountpoint, mount_all, unmount
 from engine.snapshots.overlay import OverlaySnapshotter
 from engine.snapshots.store import owner_alive, owner_token
+from engine.tmpnames import temporary_sibling
 
 __all__ = ["CHOICES", "open_snapshotter", "probe_overlay"]
 
@@ -121,7 +122,7 @@ def _probed_this_boot(root: Path, syscalls: MountSyscalls | None) -> bool:
 def _remember_probe(root: Path, syscalls: MountSyscalls | None) -> None:
     if syscalls is not None:
         return
-    tmp = root / f".{_PROBED}.{os.getpid()}"
+    tmp = temporary_sibling(root / _PROBED)
     try:
         tmp.write_text(f"{_boot_id()} {os.geteuid()}\n")
         os.replace(tmp, root / _PROBED)
