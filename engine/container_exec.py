@@ -109,16 +109,13 @@ class ContainerExecVerbs:
         await (await self._supervisor()).resize(self.store.dir(record.id), rows, cols)
 
     def _spec(self, record: ContainerRecord) -> RuntimeSpec:
-        import json
-
         from engine.runtime.spec import RuntimeSpec
 
         path = self.store.dir(record.id) / "spec.json"
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise errors.StoreError(f"{path}: unreadable ({err})") from err
-        return RuntimeSpec.from_json(raw if isinstance(raw, str) else json.dumps(raw))
+            return RuntimeSpec.from_json(path.read_bytes())
+        except OSError as err:
+            raise errors.StoreError(f"{path}: unreadable ({err.strerror})") from err
 
     async def stats(self, names: Sequence[str] = (), *, stream: bool = True, interval: float = 1.0
                     ) -> AsyncIterator[StatsSample]:

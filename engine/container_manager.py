@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import os
 import signal as _signal
 import time
@@ -128,14 +129,14 @@ class ContainerManager(ContainerExecVerbs):
         if updated != record:
             stopped = record.state.running and not updated.state.running
             if stopped and not self._needs_network_room(record):
-                updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})  # nothing to release
+                updated = dataclasses.replace(updated, network={})  # nothing to release
             await asyncio.to_thread(self.store.save, updated, sync=False)
             if stopped:
                 if self._needs_network_room(record):
                     # Stopped for good (a restart keeps its namespace): its address, veth and ports go; the
                     # exit is on disk first, so a crash in between leaves a release to repeat, not a lost exit.
                     await self._release_network(record)
-                    updated = ContainerRecord.from_json({**updated.to_json(), "network": {}})
+                    updated = dataclasses.replace(updated, network={})
                     await asyncio.to_thread(self.store.save, updated)
                 self._publish(updated, "die", exitCode=str(updated.state.exit_code))
         if (updated.host_config.get("AutoRemove") and updated.state.status in (Status.EXITED, Status.DEAD)
@@ -223,7 +224,7 @@ class ContainerManager(ContainerExecVerbs):
                 mounts=volumes.mounts,
             )
             parse_log_opts(options.log_opts)
-            (bundle / "spec.json").write_text(_json_dump(spec.to_json()))
+            (bundle / "spec.json").write_text(spec.to_json())
             # An --rm container is removed when it exits, and by recover() after a host crash: its record needs
             # no fsync (~1 ms on the start path).
             self.store.save(record, sync=not options.auto_remove)
@@ -264,7 +265,7 @@ class ContainerManager(ContainerExecVerbs):
             spec = await asyncio.to_thread(_spec_for_start, bundle)
         attachment = await self._attach_network(record, spec.hostname)
         if attachment is not None:
-            record = ContainerRecord.from_json({**record.to_json(), "network": attachment})
+            record = dataclasses.replace(record, network=attachment)
         try:
             live = await supervisor.start(
                 bundle, spec, restart_policy=policy["Name"], max_retries=int(policy["MaximumRetryCount"]),
@@ -437,7 +438,7 @@ class ContainerManager(ContainerExecVerbs):
             record = await self.get(text)
             with self.store.locked():
                 self.store.check_name_free(new_name, ignore_id=record.id)
-                updated = ContainerRecord.from_json({**record.to_json(), "name": new_name})
+                updated = dataclasses.replace(record, name=new_name)
                 self.store.save(updated)
         self._publish(updated, "rename", oldName=record.name)
         return updated
@@ -556,21 +557,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
-def _json_dump(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=1)
-
-
-def _json_load(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise errors.StoreError(f"{path}: unreadable ({err})") from err
-
-
 def _spec_for_start(bundle: Path) -> RuntimeSpec:
     """The container's runtime spec as its monitor gets it, with the last run's state files cleared: naming the
     compiled seccomp program's file (compiled again if it left the cache) instead of carrying the profile, which a
@@ -578,12 +564,21 @@ def _spec_for_start(bundle: Path) -> RuntimeSpec:
     import dataclasses
 
     from engine.runtime.seccomp import program_file
-    from engine.runtime.spec import RuntimeSpec
+    from engine.runtime.spec import RuntimeSpec, decode_document
 
     for stale in ("exit.json", "state.json"):
         with contextlib.suppress(FileNotFoundError):
             (bundle / stale).unlink()
-    spec = RuntimeSpec.from_json(_json_load(bundle / "spec.json"))
+    path = bundle / "spec.json"
+    try:
+        raw = decode_document(path.read_bytes())
+    except OSError as err:
+        raise errors.StoreError(f"{path}: unreadable ({err.strerror})") from err
+    if isinstance(raw, dict) and raw.get("seccomp") is not None:
+        program = raw.get("seccomp_program")
+        if isinstance(program, str) and os.path.isfile(program):
+            return RuntimeSpec.from_document({**raw, "seccomp": None})  # the usual case: the profile is not parsed
+    spec = RuntimeSpec.from_document(raw)
     if spec.seccomp is None:
         return spec
     program = spec.seccomp_program

@@ -25,6 +25,7 @@ __all__ = [
     "RootMount",
     "RootSpec",
     "RuntimeSpec",
+    "decode_document",
 ]
 
 
@@ -130,11 +131,22 @@ class RuntimeSpec:
     @classmethod
     def from_json(cls, text: str | bytes) -> RuntimeSpec:
         """Parse what :meth:`to_json` wrote; InvalidArgument on anything else."""
-        try:
-            raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidArgument(f"runtime spec: not valid JSON ({err})") from err
+        return cls.from_document(decode_document(text))
+
+    @classmethod
+    def from_document(cls, raw: object) -> RuntimeSpec:
+        """:meth:`from_json` of text already decoded (:func:`decode_document`)."""
         return _load_runtime(_obj(raw, "spec"))
+
+
+def decode_document(text: str | bytes) -> object:
+    """The JSON document :meth:`RuntimeSpec.to_json` wrote, decoded. A container's ``spec.json`` written by an
+    earlier Kitebox holds it encoded twice (a JSON string of the JSON text): that is accepted too."""
+    try:
+        raw = json.loads(text)
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidArgument(f"runtime spec: not valid JSON ({err})") from err
 
 
 def _dump(spec: RuntimeSpec) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from engine.errors import InvalidArgument
 from engine.runtime.caps import ALL_CAPS, DEFAULT_CAPS, caps_mask, tweak_caps
 from engine.runtime.plan import DEFAULT_PATH, Bind, RunOptions, plan_container, resolv_conf
-from engine.runtime.spec import RootMount, RuntimeSpec
+from engine.runtime.spec import RootMount, RuntimeSpec, decode_document
 from engine.runtime.users import resolve_user
 from tests.support.busybox import GROUP, PASSWD
 
@@ -43,7 +44,13 @@ def test_spec_round_trips_exactly(tmp_path: Path, rootfs: Path) -> None:
     assert RuntimeSpec.from_json(spec.to_json()) == spec
 
 
-@pytest.mark.parametrize("text", ["[]", "{", '{"id": 1}'])
+def test_a_spec_file_encoded_twice_by_an_earlier_kitebox_still_reads(tmp_path: Path, rootfs: Path) -> None:
+    spec = plan(tmp_path, rootfs)
+    assert RuntimeSpec.from_json(json.dumps(spec.to_json())) == spec
+    assert RuntimeSpec.from_document(decode_document(spec.to_json())) == spec
+
+
+@pytest.mark.parametrize("text", ["[]", "{", '{"id": 1}', '"{"'])
 def test_spec_from_json_refuses_garbage(text: str) -> None:
     with pytest.raises(InvalidArgument, match="runtime spec"):
         RuntimeSpec.from_json(text)
