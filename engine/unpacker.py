@@ -41,7 +41,7 @@ from engine.events import PullProgress
 from engine.images import LayerRecord
 from engine.snapshots import TEMPORARY_LABEL, OverlaySnapshotter, Snapshotter
 from engine.unpack import ApplyResult, ByteFeed, apply_layer
-from engine.unpack.detached import apply_layer_detached, can_apply_detached
+from engine.unpack.detached import DetachedLayer, apply_layer_detached, can_apply_detached
 from engine.unpack.worker import UnpackWorker
 from engine.unpack.zygote import WorkerZygote
 
@@ -307,25 +307,33 @@ class Unpacker:
             # is not worth a process.
             worker = (await _start_worker(layer.digest, niceness, self._zygote) if layer.size >= ISOLATE_BYTES
                       else None)
+            applied: DetachedLayer | None = None
             try:
-                await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
-                upper = await asyncio.to_thread(sn.upper_dir, key)
-                if worker is not None:
-                    isolated = worker
-                    detached = await self._read_and_apply(layer, source, lambda reader: isolated.apply(
-                        reader, layer.media_type, upper, expected_diff_id=layer.diff_id,
-                        whiteouts=sn.whiteout_mode, limits=self._limits))
-                else:
-                    detached = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
-                        reader, layer.media_type, upper, layer_digest=layer.digest, expected_diff_id=layer.diff_id,
-                        whiteouts=sn.whiteout_mode, limits=self._limits))
+                try:
+                    await _settled(sn.prepare, key, None, labels={TEMPORARY_LABEL: "1"})
+                    upper = await asyncio.to_thread(sn.upper_dir, key)
+                    if worker is not None:
+                        isolated = worker
+                        applied = await self._read_and_apply(layer, source, lambda reader: isolated.apply(
+                            reader, layer.media_type, upper, expected_diff_id=layer.diff_id,
+                            whiteouts=sn.whiteout_mode, limits=self._limits))
+                    else:
+                        applied = await self._read_and_apply(layer, source, lambda reader: apply_layer_detached(
+                            reader, layer.media_type, upper, layer_digest=layer.digest,
+                            expected_diff_id=layer.diff_id, whiteouts=sn.whiteout_mode, limits=self._limits))
+                finally:
+                    if worker is not None:
+                        await _settled(worker.close)  # (already ended when it was used)
             except BaseException:
+                # Also when cancelled while the worker was being closed, after a successful apply: the temporary
+                # snapshot must not outlive this task (a test saw one left behind now and then).
+                if applied is not None:
+                    applied.close()
                 with contextlib.suppress(Exception):
                     await _settled(sn.remove, key)  # done before this task ends, even if cancelled again
                 raise
-            finally:
-                if worker is not None:
-                    await asyncio.to_thread(worker.close)  # (already ended when it was used)
+            assert applied is not None
+            detached = applied
         try:
             if below is not None:
                 await below.wait()
