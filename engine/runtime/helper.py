@@ -513,7 +513,17 @@ def helper_pids(under: Path, bootstrap: str = BOOTSTRAP) -> list[int]:
             root = argv[argv.index(marker) + 3]
             if (root == prefix or root.startswith(prefix + b"/")) and _running(int(name)) and not _forked(name):
                 found.append(int(name))
-    return found
+    # A monitor or worker in its first microseconds, forked but not named yet (_set_process_name), looks like
+    # its helper: it is the one whose parent is in the list. (The helper's starting parent exits at once.)
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def stop_helpers(under: Path, timeout: float = 5.0, bootstrap: str = BOOTSTRAP) -> list[int]:
