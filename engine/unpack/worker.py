@@ -36,7 +36,7 @@ from engine.config import Limits
 from engine.unpack.apply import WhiteoutMode
 from engine.unpack.decompress import ByteSource
 from engine.unpack.detached import MAX_IMPLIED, DetachedLayer, apply_layer_detached
-from engine.unpack.zygote import WorkerZygote
+from engine.unpack.zygote import WorkerZygote, receive_line
 
 __all__ = ["UnpackWorker", "apply_layer_detached_isolated", "main"]
 
@@ -173,24 +173,8 @@ def _pump(source: ByteSource, fd: int) -> None:
 
 def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """The child's reply line and the fds that came with it; (None, []) when it died without answering."""
-    fds: list[int] = []
-    data = b""
-    while not data.endswith(b"\n"):
-        try:
-            chunk, ancillary, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE((MAX_IMPLIED + 1) * 4))
-        except OSError:  # reset: it died with our request unread
-            break
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received = array.array("i")
-                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-                fds.extend(received)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > _MAX_REPLY:
-            break
-    if not data.endswith(b"\n"):
+    data, fds = receive_line(sock, MAX_IMPLIED + 1, limit=_MAX_REPLY)
+    if not data:
         for fd in fds:
             os.close(fd)
         return None, []

@@ -39,7 +39,7 @@ from typing import IO, Final, NoReturn
 
 from engine import errors
 
-__all__ = ["IDLE_SECONDS", "WorkerProcess", "WorkerZygote", "serve"]
+__all__ = ["IDLE_SECONDS", "WorkerProcess", "WorkerZygote", "receive_line", "serve"]
 
 IDLE_SECONDS: Final = 60.0
 _ANSWER_SECONDS: Final = 60.0  # a zygote that does not answer a request in time (hung at its start) is replaced
@@ -134,7 +134,7 @@ class WorkerZygote:
                 try:
                     self._sock.sendmsg([f"{niceness}\n".encode()],
                                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
-                    answer, pidfds = _receive_line(self._sock, 1)
+                    answer, pidfds = receive_line(self._sock, 1)
                 except OSError:
                     answer, pidfds = b"", []
                 if answer and len(pidfds) == 1:
@@ -171,20 +171,24 @@ class WorkerZygote:
         return tail
 
 
-def _receive_line(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int]]:
-    """One ``\\n``-ended line and the fds that came with it; (b"", fds) at EOF before the line's end."""
+def receive_line(sock: socket.socket, max_fds: int, *, limit: int = 4096) -> tuple[bytes, list[int]]:
+    """One ``\\n``-ended line (at most ``limit`` bytes) and the fds that came with it (SCM_RIGHTS). At EOF, on
+    an error (a reset, a timeout) or past the limit: (b"", the fds received so far), for the caller to close."""
     data = b""
     fds: list[int] = []
     while not data.endswith(b"\n"):
-        chunk, ancillary, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(max_fds * 4))
+        try:
+            chunk, ancillary, _, _ = sock.recvmsg(min(limit, 65536), socket.CMSG_SPACE(max_fds * 4))
+        except OSError:
+            return b"", fds
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 received = array.array("i")
                 received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
                 fds.extend(received)
-        if not chunk:
-            return b"", fds
         data += chunk
+        if not chunk or len(data) > limit:
+            return b"", fds
     return data, fds
 
 
@@ -209,10 +213,7 @@ def serve(control_fd: int, idle_seconds: float) -> None:
                 os.waitpid(children.pop(pidfd), 0)
             os.close(pidfd)
         if control.fileno() in ready:
-            try:
-                request, fds = _receive_line(control, _FDS_PER_REQUEST)
-            except OSError:
-                request, fds = b"", []
+            request, fds = receive_line(control, _FDS_PER_REQUEST)
             if not request or len(fds) != _FDS_PER_REQUEST:
                 for fd in fds:
                     os.close(fd)
