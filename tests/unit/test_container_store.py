@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from engine.containers import ContainerRecord, ContainerStore, Status
 from engine.errors import NotFound
+from tests.support.threads import at_once
 
 
 def _record(store: ContainerStore, name: str = "web") -> ContainerRecord:
@@ -25,23 +27,7 @@ def test_threads_saving_one_container_at_once_never_fail(tmp_path: Path) -> None
     store = ContainerStore(tmp_path)
     record = _record(store)
     states = [record.with_state(status=Status.EXITED), record.with_state(status=Status.REMOVING)]
-    barrier = threading.Barrier(2)
-    failures: list[BaseException] = []
-
-    def hammer(updated: ContainerRecord) -> None:
-        barrier.wait()
-        try:
-            for _ in range(300):
-                store.save(updated, sync=False)
-        except BaseException as err:  # reported by the assertion below
-            failures.append(err)
-
-    threads = [threading.Thread(target=hammer, args=(s,)) for s in states]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    assert at_once([functools.partial(store.save, state, sync=False) for state in states], 300) == []
     assert store.load(record.id).state.status in (Status.EXITED, Status.REMOVING)
     assert sorted(p.name for p in store.dir(record.id).iterdir()) == ["container.json"]
 

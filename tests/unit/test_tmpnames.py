@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.runtime.protocol import read_json, write_json_atomic
 from engine.tmpnames import temporary_sibling
+from tests.support.threads import at_once
 
 
 def test_each_thread_gets_its_own_hidden_sibling(tmp_path: Path) -> None:
@@ -22,23 +23,9 @@ def test_each_thread_gets_its_own_hidden_sibling(tmp_path: Path) -> None:
 
 def test_threads_replacing_one_file_at_once_never_tear_or_fail_it(tmp_path: Path) -> None:
     target = tmp_path / "exit.json"
-    barrier = threading.Barrier(2)
-    failures: list[BaseException] = []
-
-    def hammer(code: int) -> None:
-        barrier.wait()
-        try:
-            for _ in range(300):
-                write_json_atomic(target, {"exit_code": code, "padding": "x" * (code * 50)})
-        except BaseException as err:  # reported by the assertion below
-            failures.append(err)
-
-    threads = [threading.Thread(target=hammer, args=(code,)) for code in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    writes = [lambda code=code: write_json_atomic(target, {"exit_code": code, "padding": "x" * (code * 50)})
+              for code in (1, 2)]
+    assert at_once(writes, 300) == []
     final = read_json(target)
     assert final is not None and final["padding"] == "x" * (final["exit_code"] * 50)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exit.json"]
