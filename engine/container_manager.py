@@ -561,8 +561,6 @@ def _spec_for_start(bundle: Path) -> RuntimeSpec:
     """The container's runtime spec as its monitor gets it, with the last run's state files cleared: naming the
     compiled seccomp program's file (compiled again if it left the cache) instead of carrying the profile, which a
     fresh monitor would spend ~1 ms parsing (see RuntimeSpec.seccomp_program)."""
-    import dataclasses
-
     from engine.runtime.seccomp import program_file
     from engine.runtime.spec import RuntimeSpec, decode_document
 
