@@ -189,6 +189,9 @@ class Monitor(MonitorIO):
         self.status = "starting"
         self.started_mono = time.monotonic()
         self.sel.register(error_r, selectors.EVENT_READ, "error")
+        # This start is on disk before anyone hears of it (a monitor that dies now is then reconciled as "monitor
+        # died"), written while the init sets the container up instead of between its exec and the reply.
+        self._write_state()
 
     def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int) -> None:
         cgroup, netns_fd = self.cgroup, self.netns_fd
@@ -227,10 +230,10 @@ class Monitor(MonitorIO):
             return  # killed; the exit path records the failure
         self.status = "running"
         self.started_at = rfc3339nano()
-        self._write_state()
         for client in self.start_waiters:
             self._reply(client, {"ok": True, "state": self.state_dict()})
         self.start_waiters.clear()
+        self._write_state()  # the start time, for a reconcile; after the reply (the start is on disk already)
 
     def _take_master(self) -> bool:
         """Take the terminal master the init sent before exec (so it is there by the verdict): read as ``stdout``
