@@ -4,8 +4,7 @@ Describe, then perform: everything here turns options and the image's config int
 port bindings, volume binds and Docker's ``Mounts`` document, tmpfs mounts, the ``RunOptions`` for the runtime
 planner, Docker's ``Config`` / ``HostConfig`` documents). The only side effects are the ones a plan cannot do
 without and that the create verb undoes on failure by deleting the container directory / its volumes:
-:func:`resolve_volumes` creates (and seeds) the named and anonymous volumes, :func:`write_user_db` writes the
-image's ``/etc/passwd`` and ``/etc/group`` into the container directory. The verb itself (claim the name,
+:func:`resolve_volumes` creates (and seeds) the named and anonymous volumes. The verb itself (claim the name,
 prepare the snapshot, save, publish) is ``ContainerManager.create``.
 
 Bad input raises :class:`~engine.errors.InvalidArgument` with a one-line message naming the offending value.
@@ -15,7 +14,6 @@ The runtime, network and logs rooms are imported lazily so ``import engine`` sta
 from __future__ import annotations
 
 import os
-import shutil
 import signal as _signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import errors
-from engine.volumes import VolumeStore, seed_from_layers
+from engine.volumes import VolumeStore, read_from_layers, seed_from_layers
 
 if TYPE_CHECKING:
     from engine.runtime.plan import RunOptions
+    from engine.runtime.users import UserFiles
     from engine.snapshots import Snapshotter
 
 __all__ = [
@@ -40,9 +39,9 @@ __all__ = [
     "parse_signal",
     "parse_tmpfs",
     "port_bindings",
+    "read_user_files",
     "resolve_volumes",
     "run_options",
-    "write_user_db",
 ]
 
 
@@ -162,23 +161,21 @@ def layers_bottom_up(snapshotter: Snapshotter, key: str) -> list[Path]:
     return list(reversed(snapshotter.parent_dirs(key)))
 
 
-def write_user_db(layer_dirs: list[Path], target: Path) -> Path:
-    """A tiny tree with the image's /etc/passwd and /etc/group, for ``--user`` resolution as data.
+def read_user_files(layer_dirs: list[Path]) -> UserFiles:
+    """The image's /etc/passwd and /etc/group, for ``--user`` resolution as data: read from its layers (whiteouts
+    and opaque directories honoured), regular files only (never a link out of the image). Nothing of the image is
+    ever executed or looked up through NSS. StoreError when a layer cannot be read; InvalidArgument for a file
+    over the size limit."""
+    from engine.runtime.users import MAX_FILE_BYTES, UserFiles
 
-    The image's /etc is merged from its layers (whiteouts and opaque directories honoured) into a scratch
-    directory; only the two files are kept. Nothing of the image is ever executed or looked up through NSS.
-    """
-    etc = target / "etc"
-    shutil.rmtree(target, ignore_errors=True)
-    etc.mkdir(parents=True)
-    seed_from_layers(layer_dirs, "/etc", etc, only=frozenset({"passwd", "group"}))
-    for found in etc.iterdir():
-        if found.is_symlink() or not found.is_file():  # only the image's own regular files count
-            if found.is_dir() and not found.is_symlink():
-                shutil.rmtree(found)
-            else:
-                found.unlink()
-    return target
+    texts = []
+    for path in ("/etc/passwd", "/etc/group"):
+        try:
+            data = read_from_layers(layer_dirs, path, MAX_FILE_BYTES)
+        except OSError as err:
+            raise errors.from_oserror(err, f"{path} in the image") from err
+        texts.append(None if data is None else data.decode("utf-8", errors="replace"))
+    return UserFiles(*texts)
 
 
 def resolve_volumes(

@@ -36,9 +36,9 @@ from engine.container_create import (
     parse_signal,
     parse_tmpfs,
     port_bindings,
+    read_user_files,
     resolve_volumes,
     run_options,
-    write_user_db,
 )
 from engine.container_exec import ContainerExecVerbs
 from engine.containers import ContainerRecord, ContainerStore, Status, generate_name, validate_name
@@ -60,6 +60,7 @@ NEVER = "0001-01-01T00:00:00Z"
 # Compiled seccomp programs shared by every container of the state root (keyed by profile and libseccomp; the
 # store lists only 64-hex directories, so it never sees this one).
 SECCOMP_CACHE = ".seccomp"
+_IMAGE_CONFIGS_KEPT = 32
 
 
 class ContainerManager(ContainerExecVerbs):
@@ -84,7 +85,8 @@ class ContainerManager(ContainerExecVerbs):
         self._unpack = unpack
         self._supervisor_factory = supervisor
         self._network_manager = networks
-        self._lock = asyncio.Lock()
+        # Image configs by digest: content-addressed, so never stale; a create then reads no blob (bounded).
+        self._image_configs: dict[str, bytes] = {}
         self._exec_ids: dict[str, tuple[str, ...]] = {}  # running exec sessions, as last seen by a refresh
 
     async def _supervisor(self) -> Supervisor:
@@ -178,10 +180,24 @@ class ContainerManager(ContainerExecVerbs):
         if network not in ("none", "host", "bridge"):
             await self._network_manager().inspect(network)  # NotFound: "network X not found"
         bindings = port_bindings(options)
-        config_bytes, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
-                                                 self._unpack(image))
+        cached = self._image_configs.get(image.config_digest)
+        if cached is None:
+            config_bytes, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
+                                                     self._unpack(image))
+            if len(self._image_configs) >= _IMAGE_CONFIGS_KEPT:
+                self._image_configs.clear()
+            self._image_configs[image.config_digest] = config_bytes
+        else:
+            config_bytes, top = cached, await self._unpack(image)
         image_config = dict(parse_image_config(config_bytes).config)
-        async with self._lock:
+        snapshotter = self._snapshotter()
+        tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
+        networks = None if network in ("none", "host") else self._network_manager()
+        claimed: list[str] = []  # the id, once its directory exists (for the clean-up)
+
+        def build() -> ContainerRecord:
+            # One thread hop for the whole blocking part (each hop costs a thread wake-up or two). The store's
+            # lock (an flock, so it also keeps this process's other threads out) makes claiming a name atomic.
             with self.store.locked():
                 container_id = self.store.new_id()
                 records = self.store.all()
@@ -189,29 +205,24 @@ class ContainerManager(ContainerExecVerbs):
                 self.store.check_name_free(name, records)
                 bundle = self.store.dir(container_id)
                 bundle.mkdir(mode=0o710)
+                claimed.append(container_id)
                 (bundle / "container.json").write_text("{}")  # claims the name for other processes
-        snapshotter = self._snapshotter()
-        key = f"container-{container_id}"
-        tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
-        netns_path = None if network in ("none", "host") else str(self._network_manager().netns_path(container_id))
-
-        def build() -> ContainerRecord:
-            # One thread hop for the whole blocking part (each hop costs a thread wake-up or two).
+            key = f"container-{container_id}"
             root_mounts = snapshotter.prepare(key, top)
             if options.auto_remove:
                 from engine.snapshots import volatile
 
                 root_mounts = volatile(root_mounts)
             layer_dirs = layers_bottom_up(snapshotter, key)
-            user_db = write_user_db(layer_dirs, bundle / "userdb")
             volumes = resolve_volumes(self.volumes, options, image_config, layer_dirs)
             (bundle / "rootfs").mkdir(exist_ok=True)
+            netns_path = None if networks is None else str(networks.netns_path(container_id))
             spec = plan_container(
                 container_id=container_id, image_config=image_config,
                 options=run_options(options, network=network, netns_path=netns_path, binds=volumes.binds,
                                     tmpfs=tmpfs),
-                rootfs=user_db, root_mounts=root_mounts, bundle_dir=bundle,
-                seccomp_cache_dir=self.store.root / SECCOMP_CACHE,
+                rootfs=bundle / "rootfs", root_mounts=root_mounts, bundle_dir=bundle,
+                seccomp_cache_dir=self.store.root / SECCOMP_CACHE, user_files=read_user_files(layer_dirs),
             )
             container_config = config_document(options, image_config, image_ref=image_ref,
                                                hostname=spec.hostname, env=spec.process.env)
@@ -233,10 +244,11 @@ class ContainerManager(ContainerExecVerbs):
         try:
             record = await asyncio.to_thread(build)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(snapshotter.remove, key)
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.delete, container_id)
+            for container_id in claimed:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(snapshotter.remove, f"container-{container_id}")
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.store.delete, container_id)
             raise
         self._publish(record, "create")
         return record
@@ -434,12 +446,16 @@ class ContainerManager(ContainerExecVerbs):
 
     async def rename(self, text: str, new_name: str) -> ContainerRecord:
         new_name = validate_name(new_name)
-        async with self._lock:
-            record = await self.get(text)
+        record = await self.get(text)
+
+        def claim() -> ContainerRecord:
             with self.store.locked():
                 self.store.check_name_free(new_name, ignore_id=record.id)
                 updated = dataclasses.replace(record, name=new_name)
                 self.store.save(updated)
+            return updated
+
+        updated = await asyncio.to_thread(claim)
         self._publish(updated, "rename", oldName=record.name)
         return updated
 

@@ -165,6 +165,46 @@ def _copy_entry(src: str, dst: str, st: os.stat_result) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def read_from_layers(layers_bottom_up: Sequence[Path], path: str, limit: int) -> bytes | None:
+    """The regular file at ``path`` as the image shows it, read straight from its layers; None when the image has
+    no regular file there (missing, deleted, a symlink, a directory, or under a path component that is not a
+    directory). The rules are :func:`seed_from_layers`'s: the uppermost layer holding the path wins, a whiteout
+    deletes, an opaque directory hides what lower layers put under it, nothing is followed through a symlink.
+    InvalidArgument when the file is larger than ``limit`` bytes."""
+    parts = Path(path.strip("/")).parts
+    if not parts:
+        return None
+    for layer in reversed(layers_bottom_up):
+        probe = layer
+        for depth, part in enumerate(parts):
+            probe = probe / part
+            try:
+                st = os.lstat(probe)
+            except FileNotFoundError:
+                # Not in this layer: lower layers show through unless a directory above it is opaque here.
+                ancestor = layer
+                for directory in parts[:depth]:
+                    ancestor = ancestor / directory
+                    if _is_opaque(str(ancestor)):
+                        return None
+                break
+            if _is_whiteout(st):
+                return None
+            if depth < len(parts) - 1:
+                if not stat.S_ISDIR(st.st_mode):
+                    return None  # a file or symlink in this layer hides everything below the path
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            fd = os.open(probe, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise InvalidArgument(f"{path} in the image is larger than {limit} bytes")
+            return data
+    return None
+
+
 def seed_from_layers(
     layers_bottom_up: Sequence[Path], path: str, target: Path, *, only: frozenset[str] | None = None
 ) -> bool:

@@ -19,7 +19,8 @@ Docker's rules, so images behave as they do under Docker (references: moby ``dae
 * cgroup limits: ``--memory`` (swap defaults to twice the memory), ``--cpus`` (quota over a 100ms period),
   ``--pids-limit``.
 
-Only the config's /etc/passwd and /etc/group are read from ``rootfs`` (never executed, never via NSS).
+Only the image's /etc/passwd and /etc/group are read, from ``user_files`` or else from ``rootfs`` (never executed,
+never via NSS).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from engine.errors import InvalidArgument, StoreError
 from engine.runtime.caps import ALL_CAPS, DEFAULT_CAPS, tweak_caps
 from engine.runtime.seccomp import default_profile, program_file
 from engine.runtime.spec import CapabilitySet, CgroupSpec, MountSpec, ProcessSpec, RootMount, RootSpec, RuntimeSpec
-from engine.runtime.users import read_in_root, resolve_user
+from engine.runtime.users import UserFiles, read_in_root, resolve_user
 from engine.tmpnames import temporary_sibling
 
 __all__ = [
@@ -272,11 +273,26 @@ def _cgroup(container_id: str, options: RunOptions, parent: str) -> CgroupSpec:
 
 
 def _write_file(path: Path, text: str) -> None:
-    tmp = temporary_sibling(path)
+    """Write one of the container's generated files. The first time (a create: nobody reads the new container's
+    directory before its record is saved) straight into place; again (a re-plan) atomically, through a temporary
+    file, as a running container may be reading it."""
+    data = text.encode()
     try:
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            tmp = temporary_sibling(path)
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+            return
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
     except OSError as err:
         raise StoreError(f"container file {path}: {err.strerror}") from err
 
@@ -306,11 +322,13 @@ def plan_container(
     cgroup_parent: str = "kitebox",
     host_resolv_conf: Path = Path("/etc/resolv.conf"),
     seccomp_cache_dir: Path | None = None,
+    user_files: UserFiles | None = None,
 ) -> RuntimeSpec:
     """Build the runtime spec for one container and write its hostname/hosts/resolv.conf into ``bundle_dir``.
 
-    ``rootfs`` is where the image's files can be read (for --user); the container's root is ``rootfs`` itself
-    when ``root_mounts`` is empty, else those mounts performed at ``bundle_dir/rootfs``. The compiled seccomp
+    ``user_files``: the image's /etc/passwd and /etc/group (for --user), when the caller has read them; else they
+    are read in ``rootfs``. The container's root is ``rootfs`` itself when ``root_mounts`` is empty, else those
+    mounts performed at ``bundle_dir/rootfs``. The compiled seccomp
     program is cached in ``seccomp_cache_dir`` (default ``bundle_dir``): a directory shared by the containers of
     a state root compiles Docker's profile once per capability set instead of once per container (~17 ms).
     Raises InvalidArgument for every bad option, naming it.
@@ -339,8 +357,9 @@ def plan_container(
     user_spec = options.user if options.user is not None else image_config.get("User")
     if user_spec is not None and not isinstance(user_spec, str):
         raise InvalidArgument("image config User must be a string")
-    passwd = read_in_root(rootfs, "/etc/passwd")
-    group = read_in_root(rootfs, "/etc/group")
+    if user_files is None:
+        user_files = UserFiles(read_in_root(rootfs, "/etc/passwd"), read_in_root(rootfs, "/etc/group"))
+    passwd, group = user_files
     user = resolve_user(user_spec, passwd, group)
     extra_gids = list(user.additional_gids)
     for item in options.group_add:  # --group-add name|gid, resolved like the group half of --user

@@ -19,14 +19,23 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from engine.errors import InvalidArgument, StoreError
 from engine.runtime import syscalls
 
-__all__ = ["ExecUser", "GroupEntry", "PasswdEntry", "parse_group", "parse_passwd", "read_in_root", "resolve_user"]
+__all__ = ["ExecUser", "GroupEntry", "PasswdEntry", "UserFiles", "parse_group", "parse_passwd", "read_in_root",
+           "resolve_user"]
 
 MAX_ID = 2**31 - 1
 MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+class UserFiles(NamedTuple):
+    """The texts of a container's /etc/passwd and /etc/group (None: the image has no such regular file)."""
+
+    passwd: str | None
+    group: str | None
 
 
 @dataclass(frozen=True)
