@@ -196,17 +196,21 @@ class ContainerManager(ContainerExecVerbs):
         claimed: list[str] = []  # the id, once its directory exists (for the clean-up)
 
         def build() -> ContainerRecord:
-            # One thread hop for the whole blocking part (each hop costs a thread wake-up or two). The store's
-            # lock (an flock, so it also keeps this process's other threads out) makes claiming a name atomic.
+            # One thread hop for the whole blocking part (each hop costs a thread wake-up or two), under the
+            # store's lock (an flock: other processes and this one's other threads) from the name check to the
+            # record's save, so the name is never claimed twice. Until the record is saved, readers skip the
+            # directory (it has no container.json).
             with self.store.locked():
-                container_id = self.store.new_id()
-                records = self.store.all()
-                name = validate_name(options.name) if options.name else generate_name({r.name for r in records})
-                self.store.check_name_free(name, records)
-                bundle = self.store.dir(container_id)
-                bundle.mkdir(mode=0o710)
-                claimed.append(container_id)
-                (bundle / "container.json").write_text("{}")  # claims the name for other processes
+                return build_locked()
+
+        def build_locked() -> ContainerRecord:
+            container_id = self.store.new_id()
+            records = self.store.all()
+            name = validate_name(options.name) if options.name else generate_name({r.name for r in records})
+            self.store.check_name_free(name, records)
+            bundle = self.store.dir(container_id)
+            bundle.mkdir(mode=0o710)
+            claimed.append(container_id)
             key = f"container-{container_id}"
             root_mounts = snapshotter.prepare(key, top)
             if options.auto_remove:

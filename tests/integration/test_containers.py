@@ -126,6 +126,29 @@ async def test_names_are_unique(engine: Engine, busybox: str) -> None:
         await engine.containers.get("one")
 
 
+async def test_a_container_being_created_is_invisible_until_its_record_is_saved(
+    engine: Engine, busybox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process listing the containers (or checking a name) mid-create sees nothing half-made."""
+    import engine.runtime.plan as plan
+    from engine.containers import ContainerStore
+
+    seen: list[object] = []
+    real_plan = plan.plan_container
+
+    def listing_while_planning(**kwargs: object) -> object:
+        try:
+            seen.append(ContainerStore(engine.root / "containers").all())
+        except Exception as err:  # what the other process would have crashed with
+            seen.append(err)
+        return real_plan(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan, "plan_container", listing_while_planning)
+    record = await engine.create_container(busybox, CreateOptions(name="half", cmd=("true",)))
+    assert seen == [[]]
+    assert [r.name for r in ContainerStore(engine.root / "containers").all()] == [record.name] == ["half"]
+
+
 async def test_stop_kills_a_process_ignoring_sigterm(engine: Engine, busybox: str) -> None:
     record = await engine.create_container(
         busybox, CreateOptions(cmd=("sh", "-c", "trap '' TERM; while true; do sleep 0.05; done")))
