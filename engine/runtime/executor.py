@@ -432,27 +432,42 @@ def _check_device(fd: int, name: str, major: int, minor: int) -> None:
 
 
 def _populate_dev(root_fd: int) -> None:
-    """Bind the host's device nodes onto files in the fresh /dev tmpfs (works in every namespace, unlike
-    mknod in a user namespace), plus Docker's /dev symlinks."""
+    """Docker's device nodes in the fresh /dev tmpfs, plus its /dev symlinks. The nodes are made with mknod, as
+    runc does outside a user namespace (one call each); where mknod is refused (a user namespace, no CAP_MKNOD)
+    the host's nodes are bind-mounted onto files instead."""
     dev_fd = _open_in_root(root_fd, "/dev", os.O_PATH | os.O_DIRECTORY)
     try:
-        for name, (major, minor) in DEVICES.items():
-            host = os.open(f"/dev/{name}", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                _check_device(host, name, major, minor)
-                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o666, dir_fd=dev_fd))
-                node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev_fd)
-                try:
-                    syscalls.mount(_fd_path(host), _fd_path(node), None, syscalls.MS_BIND)
-                finally:
-                    os.close(node)
-            finally:
-                os.close(host)
+        old_umask = os.umask(0)
+        try:
+            for name, (major, minor) in DEVICES.items():
+                os.mknod(name, stat.S_IFCHR | 0o666, os.makedev(major, minor), dir_fd=dev_fd)
+        except PermissionError:
+            _bind_devices(dev_fd)
+        finally:
+            os.umask(old_umask)
         for name, target in DEV_LINKS.items():
             os.symlink(target, name, dir_fd=dev_fd)
     finally:
         os.close(dev_fd)
+
+
+def _bind_devices(dev_fd: int) -> None:
+    """Bind the host's device nodes onto files in /dev (works in every namespace), replacing any made already."""
+    for name, (major, minor) in DEVICES.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dev_fd)
+        host = os.open(f"/dev/{name}", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _check_device(host, name, major, minor)
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o666, dir_fd=dev_fd))
+            node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev_fd)
+            try:
+                syscalls.mount(_fd_path(host), _fd_path(node), None, syscalls.MS_BIND)
+            finally:
+                os.close(node)
+        finally:
+            os.close(host)
 
 
 def _pivot_root(root_fd: int) -> None:
