@@ -89,13 +89,51 @@ def test_network_files(run: Runner) -> None:
 
 
 def test_dev_contents_and_devices(run: Runner) -> None:
-    r = run("ls -A /dev; stat -c '%n %t:%T' /dev/null /dev/zero /dev/tty; readlink /dev/ptmx; readlink /dev/fd; "
+    r = run("ls -A /dev; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/tty; readlink /dev/ptmx; readlink /dev/fd; "
             "echo hi > /dev/null && head -c 3 /dev/zero | wc -c")
     assert r.code == 0, r.err
     lines = r.out.splitlines()
     assert sorted(lines[:14]) == sorted(["null", "zero", "full", "random", "urandom", "tty", "fd", "stdin",
                                           "stdout", "stderr", "pts", "shm", "mqueue", "ptmx"])
-    assert lines[14:] == ["/dev/null 1:3", "/dev/zero 1:5", "/dev/tty 5:0", "pts/ptmx", "/proc/self/fd", "3"]
+    assert lines[14:] == ["/dev/null 1:3 666", "/dev/zero 1:5 666", "/dev/tty 5:0 666", "pts/ptmx", "/proc/self/fd",
+                          "3"]
+
+
+def test_dev_nodes_are_bound_from_the_host_where_mknod_is_refused(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback (a user namespace, no CAP_MKNOD): the host's nodes bind-mounted onto files, in a child with
+    a mount namespace of its own so nothing reaches the host's mount table."""
+    import stat
+
+    from engine.runtime import executor, syscalls
+
+    (tmp_path / "dev").mkdir()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            syscalls.mount("tmpfs", str(tmp_path / "dev"), "tmpfs", 0, "mode=755")
+
+            def refuse(*_args: object, **_kwargs: object) -> None:
+                raise PermissionError(1, "Operation not permitted")
+
+            monkeypatch.setattr(os, "mknod", refuse)  # in this child only (it never returns to pytest)
+            root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+            executor._populate_dev(root_fd)
+            found = {}
+            for name in executor.DEVICES:
+                st = os.stat(tmp_path / "dev" / name)
+                found[name] = (stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev))
+            links = {name: os.readlink(tmp_path / "dev" / name) for name in executor.DEV_LINKS}
+            if found == {n: (True, *dev) for n, dev in executor.DEVICES.items()} and links == executor.DEV_LINKS:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not [line for line in mount_table() if str(tmp_path) in line]
 
 
 def test_masked_and_readonly_paths(run: Runner) -> None:
