@@ -20,17 +20,18 @@ helper that answers it or fails to connect and starts a new one.
 
 Protocol (frames of :mod:`engine.runtime.protocol`; any number of requests per connection)::
 
-    -> {"op": "spawn", "dir": "<container dir>", "backend": "module:Class"}
+    -> {"op": "spawn", "dir": "<container dir>", "backend": "module:Class"} + the monitor's config (JSON) as payload
     <- {"ok": true, "pid": <monitor pid>}   or   {"ok": false, "message": "..."}
     -> {"op": "ping"}
     <- {"ok": true, "pid": <helper pid>}
     -> {"op": "shutdown"}
     <- {"ok": true, "pid": <helper pid>}    (then the helper exits; its connections see EOF)
 
-Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and hands it
-to a monitor process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its
-container directory and listening socket, so a start does not wait for a fork and its set-up: ~2 ms), or, when
-none is there (or the request names a test backend), one forked on the spot. The next spare is forked 20 ms
+Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as the reply arrives) and hands it,
+with the monitor's config (in memory: no file is written and read back on the start's path), to a monitor
+process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its container, so a start
+does not wait for a fork and its set-up: ~2 ms), or, when none is there (or the request names a test backend),
+one forked on the spot. The next spare is forked 20 ms
 after the reply, so that fork does not take a core from the start just begun. Either way the monitor calls
 ``setsid``, in its own session, so it outlives the helper and the app (when the helper exits, its monitors are
 reparented to init or the nearest subreaper; while it runs, the kernel reaps the ones that end, as the helper
@@ -71,6 +72,7 @@ MONITOR_NAME: Final = "kb-monitor"
 _CHECK_SECONDS: Final = 2.0  # how often an idle helper checks that its socket file is still its own
 _SEND_TIMEOUT: Final = 10.0
 _REFILL_DELAY: Final = 0.02  # after a spawn, before forking the next spare monitor
+_HANDOFF_HEAD: Final = struct.Struct(">II")  # a spare's container: the sizes of its directory and config
 
 # Run as ``python -I -S -c BOOTSTRAP <listen fd> <project dir> <state root> <socket name> <idle seconds>``. It
 # forks at once and the parent exits, so the helper is nobody's child (the starting engine reaps that parent in
@@ -120,8 +122,8 @@ def _bind_monitor_socket(container_dir: Path) -> socket.socket:
     return listener
 
 
-def spawn_monitor(container_dir: Path, backend: Backend) -> int:
-    """Fork a monitor for ``container_dir`` (its ``monitor-config.json`` must exist); its pid.
+def spawn_monitor(container_dir: Path, backend: Backend, config: bytes) -> int:
+    """Fork a monitor for ``container_dir`` driven by ``config`` (the JSON the supervisor sends); its pid.
 
     Must be called from a single-threaded process (the helper)."""
     listener = _bind_monitor_socket(container_dir)
@@ -135,7 +137,7 @@ def spawn_monitor(container_dir: Path, backend: Backend) -> int:
             _detach({listener.fileno()})
         except BaseException:
             os._exit(1)
-        run_monitor(container_dir, listener, backend)
+        run_monitor(container_dir, listener, backend, config)
     listener.close()
     return pid
 
@@ -163,16 +165,17 @@ def _detach(keep: set[int]) -> None:
     prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend, netns_fd: int = -1) -> NoReturn:
+def run_monitor(container_dir: Path, listener: socket.socket, backend: Backend, config: bytes,
+                netns_fd: int = -1) -> NoReturn:
     """Become ``container_dir``'s monitor in a process :func:`_detach` prepared: log to its ``monitor.log``, then
-    serve (``netns_fd``: a network namespace made ahead, for the container's first start). Never returns."""
+    serve ``config`` (``netns_fd``: a network namespace made ahead, for the container's first start). Never
+    returns."""
     code = 0
     try:
         logfd = os.open(container_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(logfd, 2)
         os.close(logfd)
-        config = json.loads((container_dir / "monitor-config.json").read_bytes())
-        Monitor(container_dir, listener, config, backend, netns_fd=netns_fd).run()
+        Monitor(container_dir, listener, json.loads(config), backend, netns_fd=netns_fd, config_bytes=config).run()
     except BaseException:
         log("fatal error:\n" + traceback.format_exc())
         code = 1
@@ -204,7 +207,9 @@ def fork_with_channel(child: Callable[[socket.socket], object]) -> tuple[int, so
 def send_with_fd(sock: socket.socket, data: bytes, fd: int) -> bool:
     """Send ``data`` with ``fd`` attached (SCM_RIGHTS); False when the peer is gone."""
     try:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        if sent < len(data):
+            sock.sendall(data[sent:])  # the rest of a long message (a signal may cut a send short)
     except OSError:
         return False
     return True
@@ -228,19 +233,29 @@ class _SpareMonitor(NamedTuple):
 
 def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
     """A monitor forked (and detached) before its container is known, so a start skips that fork: it waits for
-    ``(container dir, listening socket)`` on a socket pair and exits on EOF (its helper is gone)."""
+    ``(container dir, config, listening socket)`` on a socket pair (see :func:`_hand_to_spare`) and exits on EOF
+    (its helper is gone)."""
 
     def wait_for_container(channel: socket.socket) -> NoReturn:
+        head = _HANDOFF_HEAD.size
         try:
             _detach({channel.fileno()})
             netns = _fresh_netns()
-            data, fds = receive_with_fds(channel, 4096, 1)
+            data, fds = receive_with_fds(channel, 65536, 1)
+            whole = head + sum(_HANDOFF_HEAD.unpack_from(data)) if len(data) >= head else 0
+            while len(data) < whole:
+                more = channel.recv(65536)  # a big config may arrive in pieces
+                if not more:
+                    break
+                data += more
             channel.close()
         except BaseException:
             os._exit(0)
-        if not data or len(fds) != 1:
-            os._exit(0)
-        run_monitor(Path(os.fsdecode(data)), socket.socket(fileno=fds[0]), backend, netns)
+        if len(fds) != 1 or not whole or len(data) != whole:
+            os._exit(0)  # EOF (the helper is gone) or not a container: nothing to monitor
+        dir_size = _HANDOFF_HEAD.unpack_from(data)[0]
+        run_monitor(Path(os.fsdecode(data[head:head + dir_size])), socket.socket(fileno=fds[0]), backend,
+                    data[head + dir_size:], netns)
 
     forked = fork_with_channel(wait_for_container)
     return None if forked is None else _SpareMonitor(*forked)
@@ -270,11 +285,14 @@ def _fresh_netns() -> int:
         os.close(own)
 
 
-def _hand_to_spare(spare: _SpareMonitor, container_dir: Path) -> bool:
-    """Give the spare its container; False (nothing bound is left behind) when the spare is gone."""
+def _hand_to_spare(spare: _SpareMonitor, container_dir: Path, config: bytes) -> bool:
+    """Give the spare its container: one message of ``_HANDOFF_HEAD`` (the two sizes), the directory and the
+    config, with the listening socket attached. False (nothing bound is left behind) when the spare is gone."""
     listener = _bind_monitor_socket(container_dir)
+    directory = os.fsencode(str(container_dir))
     try:
-        return send_with_fd(spare.channel, os.fsencode(str(container_dir)), listener.fileno())
+        return send_with_fd(spare.channel, _HANDOFF_HEAD.pack(len(directory), len(config)) + directory + config,
+                            listener.fileno())
     finally:
         listener.close()
 
@@ -371,7 +389,7 @@ class _Server:
         if not data:
             self._drop(sock)
             return None
-        for request, _ in frames:
+        for request, payload in frames:
             self.last_activity = time.monotonic()
             op = request.get("op")
             if op == "shutdown":
@@ -379,7 +397,7 @@ class _Server:
             elif op == "ping":
                 reply = {"ok": True, "pid": os.getpid()}
             else:
-                reply = self._spawn(request)
+                reply = self._spawn(request, payload)
             try:
                 sock.sendall(encode_frame(reply))
             except OSError:
@@ -393,16 +411,18 @@ class _Server:
                 return "shutdown"
         return None
 
-    def _spawn(self, request: dict[str, object]) -> dict[str, object]:
+    def _spawn(self, request: dict[str, object], config: bytes) -> dict[str, object]:
         try:
             if request.get("op") != "spawn":
                 raise ValueError(f"unknown request {request.get('op')!r}")
+            if not config:
+                raise ValueError("spawn: no monitor config sent")
             directory, ref = Path(str(request["dir"])), str(request["backend"])
             spare, self.spare_monitor = self.spare_monitor, None
-            if spare is not None and ref == REAL_BACKEND and _hand_to_spare(spare, directory):
+            if spare is not None and ref == REAL_BACKEND and _hand_to_spare(spare, directory, config):
                 pid = spare.pid
             else:
-                pid = spawn_monitor(directory, self.backend(ref))
+                pid = spawn_monitor(directory, self.backend(ref), config)
             if spare is not None:
                 spare.channel.close()  # handed over, or dead, or not for this backend (then it exits)
         except Exception as err:

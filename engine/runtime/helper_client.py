@@ -135,15 +135,17 @@ class HelperClient:
         reply = await self._ask({"op": "ping"}, f"the monitor helper for {self.state_root} exited unexpectedly")
         return int(reply["pid"])
 
-    async def spawn(self, container_dir: Path, backend_ref: str) -> int:
-        """Have the helper fork a monitor for ``container_dir`` driving ``backend_ref``; the monitor's pid."""
+    async def spawn(self, container_dir: Path, backend_ref: str, config: bytes) -> int:
+        """Have the helper fork a monitor for ``container_dir`` driving ``backend_ref`` with ``config`` (the JSON
+        document the monitor runs by); the monitor's pid."""
         reply = await self._ask({"op": "spawn", "dir": str(container_dir), "backend": backend_ref},
-                                f"container {container_dir.name}: the monitor helper exited unexpectedly")
+                                f"container {container_dir.name}: the monitor helper exited unexpectedly",
+                                payload=config)
         if not reply.get("ok"):
             raise RuntimeFailure(f"container {container_dir.name}: starting its monitor failed: {reply.get('message')}")
         return int(reply["pid"])
 
-    async def _ask(self, request: dict[str, Any], gone: str) -> dict[str, Any]:
+    async def _ask(self, request: dict[str, Any], gone: str, *, payload: bytes = b"") -> dict[str, Any]:
         """Send ``request`` to the helper (connecting, or starting one, first) and return its reply; a helper that
         went away is a RuntimeFailure saying ``gone`` (the next call connects again, starting a new helper)."""
         async with self._helper_lock:
@@ -152,7 +154,7 @@ class HelperClient:
             assert self._helper_conn is not None
             conn = self._helper_conn
             try:
-                await conn.send(request)
+                await conn.send(request, payload)
                 frame = await asyncio.wait_for(conn.recv(), _SPAWN_TIMEOUT)
             except (ConnectionError, TimeoutError):
                 frame = None

@@ -51,6 +51,7 @@ from engine.runtime.backend import REAL_BACKEND, Backend, CgroupLike, RealBacken
 from engine.runtime.exec import ExecSessions, child_guard
 from engine.runtime.monitor_io import MonitorIO, _Client, log
 from engine.runtime.protocol import (
+    CONFIG_FILE,
     EXIT_FILE,
     MONITOR_FILE,
     SOCKET_FILE,
@@ -58,6 +59,7 @@ from engine.runtime.protocol import (
     boot_id,
     encode_frame,
     rfc3339nano,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from engine.runtime.pty import check_size, console_pair, recv_master, set_winsize
@@ -77,8 +79,9 @@ class Monitor(MonitorIO):
     """One container's supervisor loop. Construct in the forked monitor process, then :meth:`run`."""
 
     def __init__(self, container_dir: Path, listener: socket.socket, config: dict[str, Any],
-                 backend: Backend, *, netns_fd: int = -1) -> None:
+                 backend: Backend, *, netns_fd: int = -1, config_bytes: bytes | None = None) -> None:
         self.dir = container_dir
+        self.config_bytes = config_bytes  # ``config`` as sent, kept in CONFIG_FILE once the container starts
         self.netns_fd = netns_fd  # a network namespace made ahead, for the first start only
         self.listener = listener
         self.backend = backend
@@ -190,8 +193,15 @@ class Monitor(MonitorIO):
         self.started_mono = time.monotonic()
         self.sel.register(error_r, selectors.EVENT_READ, "error")
         # This start is on disk before anyone hears of it (a monitor that dies now is then reconciled as "monitor
-        # died"), written while the init sets the container up instead of between its exec and the reply.
-        self._write_state()
+        # died"), written while the init sets the container up instead of between its exec and the reply; so is
+        # the config, which the engine's clean-up reads if this monitor dies.
+        try:
+            self._write_state()
+            if self.config_bytes is not None:
+                write_bytes_atomic(self.dir / CONFIG_FILE, self.config_bytes)
+                self.config_bytes = None
+        except OSError as err:  # the container runs all the same; only a clean-up after our death is harder
+            log(f"recording the start failed: {err}")
 
     def _child(self, stdin_fd: int, stdout_fd: int, stderr_fd: int, error_fd: int, console_fd: int) -> None:
         cgroup, netns_fd = self.cgroup, self.netns_fd

@@ -22,7 +22,9 @@ Requests to a monitor (``op`` in the header) and what it answers:
 * ``close_stdin`` -- closes the container's stdin; ``{"ok": true}``.
 
 State files in the container directory, always replaced atomically (write to a temporary name + rename):
-``monitor.json`` (``monitor_pid``, ``boot_id``, ``socket``), ``state.json`` per start (``status``, ``pid``,
+``monitor-config.json`` (what the monitor was started with: the spec, the restart policy...; written by the
+monitor, for the engine's clean-up after a monitor died), ``monitor.json`` (``monitor_pid``, ``boot_id``,
+``socket``), ``state.json`` per start (``status``, ``pid``,
 ``started_at``, ``start_seq``, ``restart_count``) and ``exit.json`` per exit (``exit_code``, ``finished_at``,
 ``oom_killed``, ``error``, ``start_seq``). ``start_seq`` ties an exit to the start it ends, so a reader can tell
 "exited" from "the monitor died while it ran". No fsync: after a crash of the host ``boot_id`` differs and the
@@ -60,6 +62,7 @@ __all__ = [
     "read_json",
     "recv_frame",
     "rfc3339nano",
+    "write_bytes_atomic",
     "write_json_atomic",
 ]
 
@@ -142,10 +145,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a torn one.
 
     Two threads of the engine may reconcile one container at once: the temporary file is each one's own."""
+    write_bytes_atomic(path, json.dumps(data, separators=(",", ":")).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """:func:`write_json_atomic` for a document already encoded."""
     tmp = temporary_sibling(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(data, separators=(",", ":")).encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
     os.replace(tmp, path)

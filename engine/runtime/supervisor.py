@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -143,8 +144,8 @@ class Supervisor:
         """The pid of the state root's helper (started when none runs), once it answers."""
         return await self._helper.helper_pid()
 
-    async def _spawn(self, container_dir: Path) -> int:
-        return await self._helper.spawn(container_dir, self.backend_ref)
+    async def _spawn(self, container_dir: Path, config: bytes) -> int:
+        return await self._helper.spawn(container_dir, self.backend_ref, config)
 
     def _runtime(self) -> Backend:
         if self._backend is None:
@@ -208,18 +209,20 @@ class Supervisor:
             raise Conflict(f"container {name} is already running")
         try:
             container_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (STATE_FILE, EXIT_FILE, MONITOR_FILE):
+            for stale in (STATE_FILE, EXIT_FILE, MONITOR_FILE, CONFIG_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     (container_dir / stale).unlink()
-            write_json_atomic(container_dir / CONFIG_FILE, {
-                "spec": spec.to_json(), "restart_policy": restart_policy, "max_retries": max_retries,
-                "log_path": str(log_file_path(container_dir, spec.id)), "log_max_size": max_size,
-                "log_max_file": max_file, "stop_signal": signum, "stop_signal_set": bool(stop_signal),
-                "stdin_open": stdin_open,
-            })
         except OSError as err:
             raise RuntimeFailure(f"container {name}: cannot write state in {container_dir}: {err.strerror}") from err
-        monitor_pid = await self._spawn(container_dir)
+        # Sent with the spawn request, straight to the monitor (which keeps it in CONFIG_FILE once the container
+        # runs): no file written and read back on the start's path.
+        config = json.dumps({
+            "spec": spec.to_json(), "restart_policy": restart_policy, "max_retries": max_retries,
+            "log_path": str(log_file_path(container_dir, spec.id)), "log_max_size": max_size,
+            "log_max_file": max_file, "stop_signal": signum, "stop_signal_set": bool(stop_signal),
+            "stdin_open": stdin_open,
+        }, separators=(",", ":")).encode()
+        monitor_pid = await self._spawn(container_dir, config)
         reply = await self._request(container_dir, {"op": "start"}, timeout=None)
         if reply is None or not reply.get("ok"):
             await _process_gone(monitor_pid)  # a failed start returns once its monitor has cleaned up and exited

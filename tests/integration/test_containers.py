@@ -65,6 +65,13 @@ async def test_environment_hostname_and_user(engine: Engine, busybox: str) -> No
     assert out == "1 yes 1000:1000 box\n"
 
 
+async def test_a_config_too_big_for_one_message_reaches_the_monitor_whole(engine: Engine, busybox: str) -> None:
+    """The spec goes to the (spare) monitor in the spawn message: 200 KB of environment arrive in pieces."""
+    big = tuple(f"BIG{i}=" + str(i) * 100_000 for i in range(2))  # one string may be at most 128 KiB (execve)
+    code, out, err = await run(engine, busybox, "sh", "-c", 'echo ${#BIG0} ${#BIG1} ${BIG1:99995}', env=big)
+    assert (code, out, err) == (0, "100000 100000 11111\n", "")
+
+
 async def test_command_not_found_is_127(engine: Engine, busybox: str) -> None:
     record = await engine.create_container(busybox, CreateOptions(cmd=("nosuchcommand",)))
     with pytest.raises(CommandNotFound, match="nosuchcommand"):
