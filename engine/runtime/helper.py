@@ -231,16 +231,17 @@ class _SpareMonitor(NamedTuple):
     channel: socket.socket  # the helper's end: the spare waits on the other one for its container
 
 
-def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
+def _fork_spare_monitor(backend: Backend, rehearsal: bytes = b"") -> _SpareMonitor | None:
     """A monitor forked (and detached) before its container is known, so a start skips that fork: it waits for
     ``(container dir, config, listening socket)`` on a socket pair (see :func:`_hand_to_spare`) and exits on EOF
-    (its helper is gone)."""
+    (its helper is gone). ``rehearsal``: a config to parse while it waits (see :func:`_rehearse`)."""
 
     def wait_for_container(channel: socket.socket) -> NoReturn:
         head = _HANDOFF_HEAD.size
         try:
             _detach({channel.fileno()})
             netns = _fresh_netns()
+            _rehearse(backend, rehearsal)
             data, fds = receive_with_fds(channel, 65536, 1)
             whole = head + sum(_HANDOFF_HEAD.unpack_from(data)) if len(data) >= head else 0
             while len(data) < whole:
@@ -259,6 +260,18 @@ def _fork_spare_monitor(backend: Backend) -> _SpareMonitor | None:
 
     forked = fork_with_channel(wait_for_container)
     return None if forked is None else _SpareMonitor(*forked)
+
+
+def _rehearse(backend: Backend, config: bytes) -> object:
+    """In a spare: parse ``config`` (the last one the helper handed out) as the spare will parse its own. A spare
+    shares the helper's memory copy-on-write, so the first parse in it copies every page it writes (allocator
+    pools, the reference counts of the code it runs): ~170 page faults, 0.8 ms of a start on a VM against
+    0.15 ms warm. Done now, while the spare waits, they are not on the start's path. Returns the spec parsed
+    (None without a config, or when it does not parse: the start then reports why)."""
+    if config:
+        with contextlib.suppress(Exception):
+            return backend.load_spec(json.loads(config)["spec"])
+    return None
 
 
 def _fresh_netns() -> int:
@@ -312,6 +325,7 @@ class _Server:
         self.accepting = True
         self.last_activity = time.monotonic()
         self.spare_monitor: _SpareMonitor | None = None
+        self.last_config = b""  # the last monitor config handed out: the next spare rehearses parsing it
         self.refill_at: float | None = None  # when to fork the next spare monitor
         self.spares = False  # keep a spare monitor (the helper does; the CLI's template has spares of its own)
         listener.setblocking(False)
@@ -423,6 +437,8 @@ class _Server:
                 pid = spare.pid
             else:
                 pid = spawn_monitor(directory, self.backend(ref), config)
+            if ref == REAL_BACKEND:
+                self.last_config = config
             if spare is not None:
                 spare.channel.close()  # handed over, or dead, or not for this backend (then it exits)
         except Exception as err:
@@ -433,7 +449,20 @@ class _Server:
         """Fork the next spare monitor (of the production runtime) if the last one was used."""
         if self.spares and self.spare_monitor is None and self.accepting:
             with contextlib.suppress(Exception):
-                self.spare_monitor = _fork_spare_monitor(self.backend(REAL_BACKEND))
+                self.spare_monitor = _fork_spare_monitor(self.backend(REAL_BACKEND), self.last_config)
+            self._rehearse_request()
+
+    def _rehearse_request(self) -> None:
+        """After a fork this process shares its memory with the child copy-on-write: decode a spawn request like
+        the last one now, so the pages that decoding writes are copied here and not while the next start waits
+        (~150 page faults, ~0.5 ms on a VM)."""
+        if self.last_config:
+            with contextlib.suppress(Exception):
+                request = encode_frame({"op": "spawn", "dir": str(self.root), "backend": REAL_BACKEND},
+                                       self.last_config)
+                for header, _ in FrameDecoder().feed(request):
+                    Path(str(header["dir"]))
+                encode_frame({"ok": True, "pid": os.getpid()})
 
     def _shutdown(self) -> dict[str, object]:
         self._unlink_socket()
