@@ -61,6 +61,7 @@ NEVER = "0001-01-01T00:00:00Z"
 # store lists only 64-hex directories, so it never sees this one).
 SECCOMP_CACHE = ".seccomp"
 _IMAGE_CONFIGS_KEPT = 32
+_PLANNED_KEPT = 64
 
 
 class ContainerManager(ContainerExecVerbs):
@@ -87,6 +88,8 @@ class ContainerManager(ContainerExecVerbs):
         self._network_manager = networks
         # Image configs by digest: content-addressed, so never stale; a create then reads no blob (bounded).
         self._image_configs: dict[str, bytes] = {}
+        # The spec of each container this engine created and has not started yet, as a start reads it back.
+        self._planned: dict[str, RuntimeSpec] = {}
         self._exec_ids: dict[str, tuple[str, ...]] = {}  # running exec sessions, as last seen by a refresh
 
     async def _supervisor(self) -> Supervisor:
@@ -100,7 +103,9 @@ class ContainerManager(ContainerExecVerbs):
     # -- reading ---------------------------------------------------------------------------------------------
 
     async def get(self, text: str) -> ContainerRecord:
-        record = await asyncio.to_thread(self.store.find, text)
+        record = self.store.recent(text)
+        if record is None:
+            record = await asyncio.to_thread(self.store.find, text)
         return await self._refresh(record)
 
     async def list(self, *, all_containers: bool = False) -> builtins.list[ContainerRecord]:
@@ -163,8 +168,10 @@ class ContainerManager(ContainerExecVerbs):
 
     # -- create ----------------------------------------------------------------------------------------------
 
-    async def create(self, image: ImageRecord, image_ref: str, options: CreateOptions) -> ContainerRecord:
+    async def create(self, image: ImageRecord, image_ref: str, options: CreateOptions, *,
+                     top: str | None = None) -> ContainerRecord:
         """``create``: claim the name, prepare the writable snapshot, plan the runtime spec, save the record.
+        ``top``: the image's top snapshot, when the caller has seen it unpacked already.
 
         The planning (volumes, tmpfs, user database, Docker's documents) is :mod:`engine.container_create`;
         on any failure the snapshot and the container directory are removed again. InvalidArgument for bad
@@ -182,18 +189,23 @@ class ContainerManager(ContainerExecVerbs):
         bindings = port_bindings(options)
         cached = self._image_configs.get(image.config_digest)
         if cached is None:
-            config_bytes, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
-                                                     self._unpack(image))
+            read: bytes
+            read, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
+                                             self._unpack(image) if top is None else _known(top))
+            config_bytes = read
             if len(self._image_configs) >= _IMAGE_CONFIGS_KEPT:
                 self._image_configs.clear()
-            self._image_configs[image.config_digest] = config_bytes
+            self._image_configs[image.config_digest] = read
         else:
-            config_bytes, top = cached, await self._unpack(image)
+            config_bytes = cached
+            if top is None:
+                top = await self._unpack(image)
         image_config = dict(parse_image_config(config_bytes).config)
         snapshotter = self._snapshotter()
         tmpfs = tuple(parse_tmpfs(spec) for spec in options.tmpfs)
         networks = None if network in ("none", "host") else self._network_manager()
         claimed: list[str] = []  # the id, once its directory exists (for the clean-up)
+        planned: list[RuntimeSpec] = []
 
         def build() -> ContainerRecord:
             # One thread hop for the whole blocking part (each hop costs a thread wake-up or two), under the
@@ -228,6 +240,7 @@ class ContainerManager(ContainerExecVerbs):
                 rootfs=bundle / "rootfs", root_mounts=root_mounts, bundle_dir=bundle,
                 seccomp_cache_dir=self.store.root / SECCOMP_CACHE, user_files=read_user_files(layer_dirs),
             )
+            planned.append(spec)
             container_config = config_document(options, image_config, image_ref=image_ref,
                                                hostname=spec.hostname, env=spec.process.env)
             record = ContainerRecord(
@@ -254,6 +267,9 @@ class ContainerManager(ContainerExecVerbs):
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.store.delete, container_id)
             raise
+        if len(self._planned) >= _PLANNED_KEPT:
+            self._planned.clear()
+        self._planned[record.id] = _start_spec(planned[0])
         self._publish(record, "create")
         return record
 
@@ -266,7 +282,13 @@ class ContainerManager(ContainerExecVerbs):
             created = found.state.status == Status.CREATED
             return found, _spec_for_start(self.store.dir(found.id)) if created else None
 
-        record, spec = await asyncio.to_thread(look_up)
+        # Created by this engine a moment ago (the usual case): the record as saved and the spec as planned.
+        recent, spec = self.store.recent(text), self._planned.pop(text, None)
+        if (recent is not None and recent.state.status == Status.CREATED and spec is not None
+                and (spec.seccomp_program is None or os.path.isfile(spec.seccomp_program))):
+            record = recent  # (a seccomp program that left the cache is compiled again by look_up)
+        else:
+            record, spec = await asyncio.to_thread(look_up)
         record = await self._refresh(record)
         if record.state.status == Status.PAUSED:
             raise errors.Conflict(f"cannot start a paused container {record.name}, try unpause instead")
@@ -418,6 +440,7 @@ class ContainerManager(ContainerExecVerbs):
         return record
 
     async def _destroy(self, record: ContainerRecord, *, volumes: bool) -> None:
+        self._planned.pop(record.id, None)
         removing = record.with_state(status=Status.REMOVING)
         anonymous = list(record.host_config.get("AnonymousVolumes") or []) if volumes else []
 
@@ -571,10 +594,22 @@ def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:
     return record.with_state(**changes)
 
 
+async def _known(value: str) -> str:
+    return value
+
+
 def _now() -> str:
     now = time.time_ns()
     seconds, nanos = divmod(now, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def _start_spec(spec: RuntimeSpec) -> RuntimeSpec:
+    """What :func:`_spec_for_start` reads back for a container just planned: naming its compiled seccomp program's
+    file (the planner has just made sure it is there) instead of carrying the profile."""
+    if spec.seccomp is not None and spec.seccomp_program is not None:
+        return dataclasses.replace(spec, seccomp=None)
+    return spec
 
 
 def _spec_for_start(bundle: Path) -> RuntimeSpec:

@@ -179,6 +179,13 @@ _RIGHT = (
 )
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Which file version a stat describes. Saves replace the file: a new inode each time, and an inode number is
+    only reused once its file is gone, two saves later; that save's mtime (a coarse clock tick) or size tells it
+    apart unless both match. Not ctime: the rename changes it."""
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def generate_name(taken: set[str]) -> str:
     """Docker-style ``adjective_scientist`` name not in ``taken`` (a digit is appended on collision)."""
     for attempt in range(64):
@@ -199,6 +206,8 @@ class ContainerStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # What this store saved last per container, with the identity of the file it wrote (see recent()).
+        self._saved: dict[str, tuple[tuple[int, int, int, int], ContainerRecord]] = {}
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o711)
         except OSError as err:
@@ -242,13 +251,29 @@ class ContainerStore:
                 handle.flush()
                 if sync:
                     os.fsync(handle.fileno())
+                written = _identity(os.fstat(handle.fileno()))
             os.replace(tmp, directory / "container.json")
+            self._saved[record.id] = (written, record)
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if isinstance(err, FileNotFoundError):
                 raise NotFound(f"No such container: {record.id}") from err
             raise from_oserror(err, f"container {record.name}") from err
+
+    def recent(self, container_id: str) -> ContainerRecord | None:
+        """The record this store last saved for ``container_id``, when its container.json is still the file that
+        save wrote (one stat, no read or parse: cheap enough for the event loop, so a start right after a create
+        and a wait right after a start skip a thread hop); None otherwise (not saved here, or saved since by
+        anyone else, or removed)."""
+        known = self._saved.get(container_id)
+        if known is None:
+            return None
+        try:
+            current = _identity(os.stat(self.dir(container_id) / "container.json"))
+        except OSError:
+            return None
+        return known[1] if current == known[0] else None
 
     def load(self, container_id: str) -> ContainerRecord:
         path = self.dir(container_id) / "container.json"
@@ -307,6 +332,7 @@ class ContainerStore:
     def delete(self, container_id: str) -> None:
         import shutil
 
+        self._saved.pop(container_id, None)
         # Renamed away first: a save racing the removal then fails to open its temporary file (NotFound) instead
         # of adding a file under rmtree's feet (ENOTEMPTY). A crash's leftover is swept by all().
         doomed = self.root / f".{container_id}.{threading.get_native_id()}.removing"

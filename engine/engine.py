@@ -180,13 +180,14 @@ class Engine(ImageOps):
         # (an interpreter start-up) while the container is being prepared.
         warm = asyncio.create_task(self._warm_supervisor())
         try:
+            top: str | None = None
             try:
-                record = await self.image(image)
+                record, top = await self.image_unpacked(image)
             except errors.NotFound:
                 if not pull_missing:
                     raise
                 record = await self.pull(image, on_progress=on_progress)
-            return await self.containers.create(record, image, options)
+            return await self.containers.create(record, image, options, top=top)
         finally:
             with contextlib.suppress(Exception):
                 await warm

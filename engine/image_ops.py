@@ -152,6 +152,20 @@ class ImageOps:
                                 ).unpack(record.layers)
         return result.top
 
+    async def image_unpacked(self, text: str) -> tuple[ImageRecord, str | None]:
+        """:meth:`image` and, in the same thread hop, the image's top snapshot when it is unpacked already (None:
+        not, or no layers; :meth:`unpack_record` then does it). NotFound as :meth:`image`."""
+        from engine.unpacker import chain_ids
+
+        def look() -> tuple[ImageRecord, str | None]:
+            record = self._images.lookup(text)
+            if not record.layers:
+                return record, None
+            top = chain_ids([layer.diff_id for layer in record.layers])[-1]
+            return record, top if self.snapshotter().exists(top) else None
+
+        return await asyncio.to_thread(look)
+
     async def mount_image(self, text: str, target: Path) -> None:
         """``image mount``: a read-only view of the image's root filesystem at ``target``."""
         from engine.snapshots.mount import mount_all

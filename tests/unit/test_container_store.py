@@ -79,3 +79,18 @@ def test_a_crashed_removals_leftover_is_swept(tmp_path: Path) -> None:
     (leftover / "container.json").write_text("{}")
     assert store.all() == []
     assert not leftover.exists()
+
+
+def test_recent_gives_what_this_store_saved_only_while_the_file_is_that_save(tmp_path: Path) -> None:
+    store, other = ContainerStore(tmp_path), ContainerStore(tmp_path)  # another process's store
+    record = _record(store)
+    assert store.recent(record.id) is record
+    assert other.recent(record.id) is None and store.recent(record.name) is None  # never saved there; not an id
+    running = record.with_state(status=Status.RUNNING, pid=42)
+    store.save(running, sync=False)
+    assert store.recent(record.id) is running
+    other.save(record.with_state(status=Status.EXITED, exit_code=3))  # replaced by someone else: not ours now
+    assert store.recent(record.id) is None
+    assert other.recent(record.id) == store.load(record.id) == record.with_state(status=Status.EXITED, exit_code=3)
+    other.delete(record.id)
+    assert other.recent(record.id) is None and store.recent(record.id) is None
