@@ -151,6 +151,11 @@ class ContainerManager(ContainerExecVerbs):
             await self._destroy(updated, volumes=True)
         return updated
 
+    async def _current(self, container_id: str) -> ContainerRecord:
+        """The record on disk now (from memory when it is still what this engine saved); NotFound once removed."""
+        record = self.store.recent(container_id)
+        return record if record is not None else await asyncio.to_thread(self.store.load, container_id)
+
     @contextlib.contextmanager
     def attached(self, container_id: str) -> Iterator[None]:
         """Hold an ``--rm`` container while a foreground client streams it: nobody else removes it meanwhile.
@@ -358,7 +363,12 @@ class ContainerManager(ContainerExecVerbs):
     async def wait(self, text: str, *, remove: bool = False) -> int:
         """Block until the container stops for good; returns its exit code. ``remove``: then remove it with its
         anonymous volumes, as ``run --rm`` does, in the same pass (its exit is published, not saved first)."""
-        record = await self.get(text)
+        found = self.store.recent(text)
+        if found is None:
+            found = await asyncio.to_thread(self.store.find, text)
+        # Running as recorded: ask its monitor for the final state at once (it answers as soon as the container
+        # has stopped for good, or has already); a refresh first would be one more round trip to the monitor.
+        record = found if found.state.running else await self._refresh(found)
         if not record.state.running:
             if remove:
                 await self._destroy(record, volumes=True)
@@ -369,13 +379,13 @@ class ContainerManager(ContainerExecVerbs):
             raise errors.RuntimeFailure(f"container {record.name}: no exit recorded")
         if remove:
             with contextlib.suppress(errors.NotFound):  # removed meanwhile by whoever saw it exit first
-                stopped = _apply_live(await asyncio.to_thread(self.store.load, record.id), final)
+                stopped = _apply_live(await self._current(record.id), final)
                 self._publish(stopped, "die", exitCode=str(stopped.state.exit_code))
                 await self._destroy(stopped, volumes=True)
             return final.exit.exit_code
         # The refresh records the exit (and removes an --rm container, so the code comes from the monitor).
         with contextlib.suppress(errors.NotFound):
-            await self._refresh(await asyncio.to_thread(self.store.load, record.id), live=final)
+            await self._refresh(await self._current(record.id), live=final)
         return final.exit.exit_code
 
     async def stop(self, text: str, *, timeout: float | None = None) -> ContainerRecord:
