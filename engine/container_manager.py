@@ -43,6 +43,7 @@ from engine.container_create import (
 from engine.container_exec import ContainerExecVerbs
 from engine.containers import ContainerRecord, ContainerStore, Status, generate_name, validate_name
 from engine.events import Event, EventBus
+from engine.start_spec import start_spec, stored_start_spec
 from engine.volumes import VolumeStore
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class ContainerManager(ContainerExecVerbs):
         if cached is None:
             read: bytes
             read, top = await asyncio.gather(asyncio.to_thread(self._content.read, image.config_digest),
-                                             self._unpack(image) if top is None else _known(top))
+                                             self._unpack(image) if top is None else asyncio.sleep(0, top))
             config_bytes = read
             if len(self._image_configs) >= _IMAGE_CONFIGS_KEPT:
                 self._image_configs.clear()
@@ -274,7 +275,7 @@ class ContainerManager(ContainerExecVerbs):
             raise
         if len(self._planned) >= _PLANNED_KEPT:
             self._planned.clear()
-        self._planned[record.id] = _start_spec(planned[0])
+        self._planned[record.id] = start_spec(planned[0])
         self._publish(record, "create")
         return record
 
@@ -285,7 +286,7 @@ class ContainerManager(ContainerExecVerbs):
             # A container just created (the usual case) needs no refresh: its spec comes in the same thread hop.
             found = self.store.find(text)
             created = found.state.status == Status.CREATED
-            return found, _spec_for_start(self.store.dir(found.id)) if created else None
+            return found, stored_start_spec(self.store.dir(found.id)) if created else None
 
         # Created by this engine a moment ago (the usual case): the record as saved and the spec as planned.
         recent, spec = self.store.recent(text), self._planned.pop(text, None)
@@ -305,7 +306,7 @@ class ContainerManager(ContainerExecVerbs):
         policy = record.host_config["RestartPolicy"]
         supervisor = await self._supervisor()
         if spec is None:
-            spec = await asyncio.to_thread(_spec_for_start, bundle)
+            spec = await asyncio.to_thread(stored_start_spec, bundle)
         attachment = await self._attach_network(record, spec.hostname)
         if attachment is not None:
             record = dataclasses.replace(record, network=attachment)
@@ -604,47 +605,7 @@ def _apply_live(record: ContainerRecord, live: LiveState) -> ContainerRecord:
     return record.with_state(**changes)
 
 
-async def _known(value: str) -> str:
-    return value
-
-
 def _now() -> str:
     now = time.time_ns()
     seconds, nanos = divmod(now, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
-
-
-def _start_spec(spec: RuntimeSpec) -> RuntimeSpec:
-    """What :func:`_spec_for_start` reads back for a container just planned: naming its compiled seccomp program's
-    file (the planner has just made sure it is there) instead of carrying the profile."""
-    if spec.seccomp is not None and spec.seccomp_program is not None:
-        return dataclasses.replace(spec, seccomp=None)
-    return spec
-
-
-def _spec_for_start(bundle: Path) -> RuntimeSpec:
-    """The container's runtime spec as its monitor gets it, with the last run's state files cleared: naming the
-    compiled seccomp program's file (compiled again if it left the cache) instead of carrying the profile, which a
-    fresh monitor would spend ~1 ms parsing (see RuntimeSpec.seccomp_program)."""
-    from engine.runtime.seccomp import program_file
-    from engine.runtime.spec import RuntimeSpec, decode_document
-
-    for stale in ("exit.json", "state.json"):
-        with contextlib.suppress(FileNotFoundError):
-            (bundle / stale).unlink()
-    path = bundle / "spec.json"
-    try:
-        raw = decode_document(path.read_bytes())
-    except OSError as err:
-        raise errors.StoreError(f"{path}: unreadable ({err.strerror})") from err
-    if isinstance(raw, dict) and raw.get("seccomp") is not None:
-        program = raw.get("seccomp_program")
-        if isinstance(program, str) and os.path.isfile(program):
-            return RuntimeSpec.from_document({**raw, "seccomp": None})  # the usual case: the profile is not parsed
-    spec = RuntimeSpec.from_document(raw)
-    if spec.seccomp is None:
-        return spec
-    program = spec.seccomp_program
-    if program is None or not os.path.isfile(program):
-        program = program_file(spec.seccomp, spec.seccomp_cache_dir or str(bundle))
-    return dataclasses.replace(spec, seccomp=None, seccomp_program=program)
