@@ -316,11 +316,12 @@ class V1Manager:
         return [*self.dirs.values(), *([self.unified] if self.unified else [])]
 
     def create(self, spec: CgroupSpec) -> None:
-        devices = self._dir("devices")
-        if devices is not None:
-            self._restrict_parent_devices(devices.parent)
-        for directory in self._all_dirs():
-            _mkdir(directory)
+        if not self._make_leaves():  # the first container under this parent: set the parent up first
+            devices = self._dir("devices")
+            if devices is not None:
+                self._restrict_parent_devices(devices.parent)
+            for directory in self._all_dirs():
+                _mkdir(directory)
         cpuset = self._dir("cpuset")
         if cpuset is not None:
             self._init_cpuset(cpuset)
@@ -344,6 +345,21 @@ class V1Manager:
         if devices is not None and not _procs(devices) and _device_rules(devices) != list(DEVICE_ALLOW):
             _restrict_devices(devices)
 
+    def _make_leaves(self) -> bool:
+        """Make the container's directories where their parents exist already (every container after the first
+        under a parent): the parents were set up (device list, cpuset) when they were made, so that work and its
+        reads are skipped. False, with nothing or some made, when a parent is missing."""
+        for directory in self._all_dirs():
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                return False
+            except OSError as err:
+                raise from_oserror(err, f"cgroup {directory}", KernelError) from err
+        return True
+
     def _restrict_parent_devices(self, parent: Path) -> None:
         """A new cgroup inherits its parent's device list: give the containers' parent Docker's list while it has
         no children yet (the kernel refuses to deny more once it has), so each container's cgroup is born with
@@ -359,14 +375,21 @@ class V1Manager:
                 _restrict_devices(parent)
 
     def _init_cpuset(self, leaf: Path) -> None:
-        """A new v1 cpuset has empty cpus/mems and refuses tasks: copy them down from the parent."""
+        """A new v1 cpuset has empty cpus/mems and refuses tasks: copy them down from the parent. The parents get
+        ``cgroup.clone_children``, so the next container's cpuset is born with them (two reads, no writes)."""
+        names = ("cpuset.cpus", "cpuset.mems")
+        if all(_read(leaf / name).strip() for name in names):
+            return
         top = self.root / leaf.relative_to(self.root).parts[0]
         current = top
         for part in leaf.relative_to(top).parts:
             child = current / part
-            for name in ("cpuset.cpus", "cpuset.mems"):
+            for name in names:
                 if not _read(child / name).strip():
                     _write(child / name, _read(current / name).strip())
+            if child != leaf:
+                with contextlib.suppress(KernelError):
+                    _write(child / "cgroup.clone_children", "1")
             current = child
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runtime.cgroups import CgroupManager, cgroup_manager, detect_cgroup_mode
+from engine.runtime.cgroups import CgroupManager, cgroup_manager, detect_cgroup_mode, v1_hierarchies
 from engine.runtime.spec import CgroupSpec
 from tests.integration.runtime.common import PARENT, remove_cgroups
 
@@ -93,6 +93,30 @@ def test_the_device_allow_list_is_set_once_on_the_parent_and_inherited() -> None
         assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
         managers[1].create(specs[1])
         assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
+    finally:
+        remove_cgroups(managers)
+        for base in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (base / parent).rmdir()
+
+
+def test_a_cpuset_parent_hands_its_cpus_to_the_next_container_at_birth() -> None:
+    """v1: the first container's create sets the parent's cpuset up and its clone_children, so a later
+    container's cpuset is born with the cpus and mems (its create only reads them)."""
+    if detect_cgroup_mode() == "v2" or "cpuset" not in v1_hierarchies():
+        pytest.skip("the cpuset controller is v1's here only")  # CI is hybrid: this runs there
+    parent = f"{PARENT}/kbc{uuid.uuid4().hex[:8]}"
+    specs = [CgroupSpec(f"{parent}/c{n}") for n in range(2)]
+    managers = [cgroup_manager(spec) for spec in specs]
+    cpuset = Path("/sys/fs/cgroup/cpuset")
+    try:
+        managers[0].create(specs[0])
+        assert (cpuset / parent / "cgroup.clone_children").read_text().strip() == "1"
+        (cpuset / specs[1].path).mkdir()  # as the kernel makes it now: born with the parent's cpus and mems
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            assert (cpuset / specs[1].path / name).read_text().strip() == (cpuset / parent / name).read_text().strip()
+        managers[1].create(specs[1])  # the parents exist: only the leaves are made
+        assert all((Path('/sys/fs/cgroup') / name / specs[1].path).is_dir() for name in v1_hierarchies())
     finally:
         remove_cgroups(managers)
         for base in Path("/sys/fs/cgroup").iterdir():
