@@ -12,7 +12,8 @@ app or CLI that started them exits or crashes. The monitor
   copies stdout/stderr into the json-file log (:mod:`engine.logs`) and to attached clients, keeps the recent
   output for a client attaching right after start, and writes ``-i`` input to stdin;
 * runs ``exec``'d processes in the container (:mod:`engine.runtime.exec`);
-* writes ``monitor.json``, ``state.json`` (per start) and ``exit.json`` (per exit) atomically;
+* writes ``monitor.json``, ``monitor-config.json`` (the config it was handed, once), ``state.json`` (per start,
+  right after the fork) and ``exit.json`` (per exit, before any waiter hears of it) atomically;
 * serves ``monitor.sock`` (see :mod:`engine.runtime.protocol` for the requests);
 * implements stop (signal, SIGKILL after the timeout), pause (cgroup freezer) and Docker's restart policies
   (``no``, ``on-failure[:N]``, ``always``, ``unless-stopped``; back-off 100 ms doubling up to 1 min, reset after
