@@ -31,8 +31,8 @@ Spawning binds ``<dir>/monitor.sock`` first (so a client may connect as soon as 
 with the monitor's config (in memory: no file is written and read back on the start's path), to a monitor
 process: one forked *ahead* (a spare, already detached and waiting on a socket pair for its container, so a start
 does not wait for a fork and its set-up: ~2 ms), or, when none is there (or the request names a test backend),
-one forked on the spot. The next spare is forked 20 ms
-after the reply, so that fork does not take a core from the start just begun. Either way the monitor calls
+one forked on the spot. The next spare is forked 20 ms after the reply, so that fork does not take a core from
+the start just begun; it rehearses parsing the last config while it waits. Either way the monitor calls
 ``setsid``, in its own session, so it outlives the helper and the app (when the helper exits, its monitors are
 reparented to init or the nearest subreaper; while it runs, the kernel reaps the ones that end, as the helper
 ignores SIGCHLD); a waiting spare exits with its helper (EOF). Monitors keep the helper's command line but are
