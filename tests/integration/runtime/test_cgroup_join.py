@@ -82,22 +82,14 @@ def test_the_device_allow_list_is_set_once_on_the_parent_and_inherited() -> None
         pytest.skip("the devices controller is v1's (v2 uses eBPF)")  # CI is hybrid: this runs there
     from engine.runtime.cgroups import DEVICE_ALLOW
 
-    parent = f"{PARENT}/kbd{uuid.uuid4().hex[:8]}"
-    specs = [CgroupSpec(f"{parent}/c{n}") for n in range(2)]
-    managers = [cgroup_manager(spec) for spec in specs]
     devices = Path("/sys/fs/cgroup/devices")
-    try:
+    with _two_under_a_new_parent("kbd") as (parent, specs, managers):
         managers[0].create(specs[0])
         assert (devices / parent / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
         (devices / specs[1].path).mkdir()  # as the kernel would make it: inheriting the parent's list
         assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
         managers[1].create(specs[1])
         assert (devices / specs[1].path / "devices.list").read_text().splitlines() == list(DEVICE_ALLOW)
-    finally:
-        remove_cgroups(managers)
-        for base in Path("/sys/fs/cgroup").iterdir():
-            with contextlib.suppress(OSError):
-                (base / parent).rmdir()
 
 
 def test_a_cpuset_parent_hands_its_cpus_to_the_next_container_at_birth() -> None:
@@ -105,11 +97,8 @@ def test_a_cpuset_parent_hands_its_cpus_to_the_next_container_at_birth() -> None
     container's cpuset is born with the cpus and mems (its create only reads them)."""
     if detect_cgroup_mode() == "v2" or "cpuset" not in v1_hierarchies():
         pytest.skip("the cpuset controller is v1's here only")  # CI is hybrid: this runs there
-    parent = f"{PARENT}/kbc{uuid.uuid4().hex[:8]}"
-    specs = [CgroupSpec(f"{parent}/c{n}") for n in range(2)]
-    managers = [cgroup_manager(spec) for spec in specs]
     cpuset = Path("/sys/fs/cgroup/cpuset")
-    try:
+    with _two_under_a_new_parent("kbc") as (parent, specs, managers):
         managers[0].create(specs[0])
         assert (cpuset / parent / "cgroup.clone_children").read_text().strip() == "1"
         (cpuset / specs[1].path).mkdir()  # as the kernel makes it now: born with the parent's cpus and mems
@@ -117,6 +106,17 @@ def test_a_cpuset_parent_hands_its_cpus_to_the_next_container_at_birth() -> None
             assert (cpuset / specs[1].path / name).read_text().strip() == (cpuset / parent / name).read_text().strip()
         managers[1].create(specs[1])  # the parents exist: only the leaves are made
         assert all((Path('/sys/fs/cgroup') / name / specs[1].path).is_dir() for name in v1_hierarchies())
+
+
+@contextlib.contextmanager
+def _two_under_a_new_parent(prefix: str) -> Iterator[tuple[str, list[CgroupSpec], list[CgroupManager]]]:
+    """Two containers' cgroup specs (and managers) under a parent no test has made yet; every cgroup removed
+    after, the parent in each hierarchy too."""
+    parent = f"{PARENT}/{prefix}{uuid.uuid4().hex[:8]}"
+    specs = [CgroupSpec(f"{parent}/c{n}") for n in range(2)]
+    managers = [cgroup_manager(spec) for spec in specs]
+    try:
+        yield parent, specs, managers
     finally:
         remove_cgroups(managers)
         for base in Path("/sys/fs/cgroup").iterdir():
