@@ -137,9 +137,9 @@ class ImageOps:
     async def unpack_record(self, record: ImageRecord) -> str:
         """:meth:`unpack` for an image already looked up. The common case -- unpacked long ago -- is one thread
         hop: opening the snapshotter and finding the top snapshot (its parents are committed too)."""
-        from engine.unpacker import Unpacker, chain_ids
+        from engine.unpacker import Unpacker
 
-        top = chain_ids([layer.diff_id for layer in record.layers])[-1] if record.layers else None
+        top = _top_chain_id(record)
 
         def open_and_look() -> tuple[Snapshotter, bool]:
             snapshotter = self.snapshotter()
@@ -155,14 +155,10 @@ class ImageOps:
     async def image_unpacked(self, text: str) -> tuple[ImageRecord, str | None]:
         """:meth:`image` and, in the same thread hop, the image's top snapshot when it is unpacked already (None:
         not, or no layers; :meth:`unpack_record` then does it). NotFound as :meth:`image`."""
-        from engine.unpacker import chain_ids
-
         def look() -> tuple[ImageRecord, str | None]:
             record = self._images.lookup(text)
-            if not record.layers:
-                return record, None
-            top = chain_ids([layer.diff_id for layer in record.layers])[-1]
-            return record, top if self.snapshotter().exists(top) else None
+            top = _top_chain_id(record)
+            return record, top if top is not None and self.snapshotter().exists(top) else None
 
         return await asyncio.to_thread(look)
 
@@ -449,3 +445,10 @@ def image_inspect_document(record: ImageRecord, config: Any) -> dict[str, Any]:
     if record.variant:
         document["Variant"] = record.variant
     return document
+
+
+def _top_chain_id(record: ImageRecord) -> str | None:
+    """The ChainID of the image's top layer: the name of the snapshot its containers start from (None: no layers)."""
+    from engine.unpacker import chain_ids
+
+    return chain_ids([layer.diff_id for layer in record.layers])[-1] if record.layers else None
